@@ -1,0 +1,1 @@
+//! meshd agent library.
