@@ -2,7 +2,7 @@
 //! `IP6T_SO_ORIGINAL_DST` (IPv6) for sockets the agent accepted on a capture listener, from
 //! `ORIG_DST`, in the same `sockaddr_in`/`sockaddr_in6` form netfilter's REDIRECT answers with.
 
-use core::ptr::write_volatile;
+use core::ptr::{read_volatile, write_volatile};
 
 use aya_ebpf::{helpers::bpf_get_netns_cookie, programs::SockoptContext, EbpfContext};
 use meshd_common::{Event, FlowKey, Reason, AF_INET, AF_INET6};
@@ -33,24 +33,32 @@ pub fn try_getsockopt(ctx: &SockoptContext) -> Result<i32, Reason> {
     // SAFETY: helper valid for sockopt contexts.
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     // The accepted socket's peer is the workload's end (`src` of the key), its local end the
-    // capture listener (`dst`).
+    // capture listener (`dst`). Every field is read with its own volatile load at a constant
+    // offset: the verifier forbids pointer arithmetic on a socket pointer, which LLVM otherwise
+    // emits to address the arrays.
     // SAFETY: non-null context socket with readable address fields.
     let key = unsafe {
-        let family = (*sk).family;
+        let family = read_volatile(&raw const (*sk).family);
         let mut key = FlowKey {
             netns_cookie,
-            src_port: u16::from_be((*sk).dst_port as u16),
-            dst_port: (*sk).src_port as u16,
+            src_port: u16::from_be(read_volatile(&raw const (*sk).dst_port) as u16),
+            dst_port: read_volatile(&raw const (*sk).src_port) as u16,
             ..FlowKey::default()
         };
         if family == u32::from(AF_INET) {
             key.family = AF_INET;
-            key.src_addr[0] = (*sk).dst_ip4;
-            key.dst_addr[0] = (*sk).src_ip4;
+            key.src_addr[0] = read_volatile(&raw const (*sk).dst_ip4);
+            key.dst_addr[0] = read_volatile(&raw const (*sk).src_ip4);
         } else {
             key.family = AF_INET6;
-            key.src_addr = [(*sk).dst_ip6[0], (*sk).dst_ip6[1], (*sk).dst_ip6[2], (*sk).dst_ip6[3]];
-            key.dst_addr = [(*sk).src_ip6[0], (*sk).src_ip6[1], (*sk).src_ip6[2], (*sk).src_ip6[3]];
+            key.src_addr[0] = read_volatile(&raw const (*sk).dst_ip6[0]);
+            key.src_addr[1] = read_volatile(&raw const (*sk).dst_ip6[1]);
+            key.src_addr[2] = read_volatile(&raw const (*sk).dst_ip6[2]);
+            key.src_addr[3] = read_volatile(&raw const (*sk).dst_ip6[3]);
+            key.dst_addr[0] = read_volatile(&raw const (*sk).src_ip6[0]);
+            key.dst_addr[1] = read_volatile(&raw const (*sk).src_ip6[1]);
+            key.dst_addr[2] = read_volatile(&raw const (*sk).src_ip6[2]);
+            key.dst_addr[3] = read_volatile(&raw const (*sk).src_ip6[3]);
         }
         key
     };
@@ -64,7 +72,11 @@ pub fn try_getsockopt(ctx: &SockoptContext) -> Result<i32, Reason> {
     unsafe {
         let start = (*so).__bindgen_anon_2.optval as *mut u8;
         let end = (*so).__bindgen_anon_3.optval_end as *mut u8;
-        let len = if orig.family == AF_INET { SOCKADDR_IN_LEN } else { SOCKADDR_IN6_LEN };
+        let len = if orig.family == AF_INET {
+            SOCKADDR_IN_LEN
+        } else {
+            SOCKADDR_IN6_LEN
+        };
         if start.add(len) > end {
             return Err(Reason::GetsockoptShortBuffer);
         }

@@ -1,1 +1,19 @@
-//! test harness
+//! The simulated cluster the demo, the privileged tests, the VM tier and the benchmarks stand on.
+//!
+//! # Layout
+//! - [`cluster`]: nodes as network namespaces joined by veth through a "wire" namespace, pods as
+//!   their own namespace + cgroup behind their node, a meshd agent per node; everything is
+//!   removed when the [`cluster::Cluster`] is dropped (and stale leftovers of crashed runs are
+//!   swept when the next one starts).
+//! - [`require`]: privileged tests fail — never pass silently — when root or a kernel feature
+//!   is missing.
+//! - [`paths`]: where the built binaries are.
+//! - `bin/testkit.rs`: a small TCP client/server used inside pods (identify-yourself servers,
+//!   checksummed sources and sinks).
+
+pub mod cluster;
+pub mod paths;
+pub mod procs;
+pub mod require;
+
+pub use cluster::{Agent, Cluster, Node, Pod};
