@@ -9,9 +9,7 @@ fn main() -> anyhow::Result<()> {
     println!("cargo::rerun-if-env-changed=MESHD_EBPF_OBJECT");
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR")?);
     let default = manifest.join("../target/bpfel-unknown-none/release/meshd-ebpf");
-    let object = env::var_os("MESHD_EBPF_OBJECT")
-        .map(PathBuf::from)
-        .unwrap_or(default);
+    let object = env::var_os("MESHD_EBPF_OBJECT").map(PathBuf::from).unwrap_or(default);
     println!("cargo::rerun-if-changed={}", object.display());
     let out = PathBuf::from(env::var("OUT_DIR")?).join("meshd-ebpf.o");
     if object.is_file() {

@@ -72,11 +72,7 @@ pub fn try_getsockopt(ctx: &SockoptContext) -> Result<i32, Reason> {
     unsafe {
         let start = (*so).__bindgen_anon_2.optval as *mut u8;
         let end = (*so).__bindgen_anon_3.optval_end as *mut u8;
-        let len = if orig.family == AF_INET {
-            SOCKADDR_IN_LEN
-        } else {
-            SOCKADDR_IN6_LEN
-        };
+        let len = if orig.family == AF_INET { SOCKADDR_IN_LEN } else { SOCKADDR_IN6_LEN };
         if start.add(len) > end {
             return Err(Reason::GetsockoptShortBuffer);
         }

@@ -5,8 +5,8 @@ use aya_ebpf::{
     maps::{lpm_trie::Key, HashMap, LpmTrie, LruHashMap, PerCpuArray},
 };
 use meshd_common::{
-    Event, FlowKey, MeshedPorts, OrigDst, Reason, WorkloadInfo, ENROLLED_CAPACITY,
-    ORIG_DST_CAPACITY, PREFIX_CAPACITY, SOCK_ORIG_CAPACITY,
+    Event, FlowKey, MeshedPorts, OrigDst, Reason, WorkloadInfo, ENROLLED_CAPACITY, ORIG_DST_CAPACITY, PREFIX_CAPACITY,
+    SOCK_ORIG_CAPACITY,
 };
 
 /// cgroup v2 id → enrolled workload. Written by the agent.
@@ -17,22 +17,18 @@ pub static ENROLLED: HashMap<u64, WorkloadInfo> = HashMap::with_max_entries(ENRO
 #[map]
 pub static MESHED_V4: LpmTrie<[u8; 4], MeshedPorts> = LpmTrie::with_max_entries(PREFIX_CAPACITY, 0);
 #[map]
-pub static MESHED_V6: LpmTrie<[u8; 16], MeshedPorts> =
-    LpmTrie::with_max_entries(PREFIX_CAPACITY, 0);
+pub static MESHED_V6: LpmTrie<[u8; 16], MeshedPorts> = LpmTrie::with_max_entries(PREFIX_CAPACITY, 0);
 
 /// Destination prefixes (and port ranges) never redirected, even inside a meshed prefix.
 #[map]
-pub static EXCLUDED_V4: LpmTrie<[u8; 4], MeshedPorts> =
-    LpmTrie::with_max_entries(PREFIX_CAPACITY, 0);
+pub static EXCLUDED_V4: LpmTrie<[u8; 4], MeshedPorts> = LpmTrie::with_max_entries(PREFIX_CAPACITY, 0);
 #[map]
-pub static EXCLUDED_V6: LpmTrie<[u8; 16], MeshedPorts> =
-    LpmTrie::with_max_entries(PREFIX_CAPACITY, 0);
+pub static EXCLUDED_V6: LpmTrie<[u8; 16], MeshedPorts> = LpmTrie::with_max_entries(PREFIX_CAPACITY, 0);
 
 /// Socket cookie → original destination, from connect() until the connection is established.
 /// LRU: a connect() that never completes is evicted, not leaked.
 #[map]
-pub static SOCK_ORIG: LruHashMap<u64, OrigDst> =
-    LruHashMap::with_max_entries(SOCK_ORIG_CAPACITY, 0);
+pub static SOCK_ORIG: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(SOCK_ORIG_CAPACITY, 0);
 
 /// Flow 4-tuple (+ netns cookie) → original destination, from establishment until close.
 #[map]
@@ -67,11 +63,7 @@ pub fn count_event(event: Event) {
 
 /// Looks `port` up in an LPM trie of prefixes with port ranges.
 #[inline(always)]
-pub fn prefix_has_port<const N: usize>(
-    trie: &LpmTrie<[u8; N], MeshedPorts>,
-    addr: [u8; N],
-    port: u16,
-) -> bool {
+pub fn prefix_has_port<const N: usize>(trie: &LpmTrie<[u8; N], MeshedPorts>, addr: [u8; N], port: u16) -> bool {
     match trie.get(Key::new((N * 8) as u32, addr)) {
         Some(range) => range.port_lo <= port && port <= range.port_hi,
         None => false,

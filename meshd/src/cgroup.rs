@@ -18,32 +18,20 @@ pub enum Error {
          `mount -t cgroup2 none /sys/fs/cgroup/unified` or boot with systemd.unified_cgroup_hierarchy=1"
     )]
     NoCgroup2,
-    #[error(
-        "cgroup {path} does not exist: create the workload's cgroup first (mkdir under {root})"
-    )]
+    #[error("cgroup {path} does not exist: create the workload's cgroup first (mkdir under {root})")]
     Missing { path: PathBuf, root: PathBuf },
     #[error("{path} is not in a cgroup v2 hierarchy: give a path under {root}")]
     NotCgroup2 { path: PathBuf, root: PathBuf },
     #[error("read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("move process {pid} into cgroup {path}: {source}")]
-    Join {
-        pid: u32,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Join { pid: u32, path: PathBuf, source: std::io::Error },
 }
 
 /// The mount point of the cgroup v2 hierarchy, from `/proc/self/mountinfo`.
 pub fn cgroup2_root() -> Result<PathBuf, Error> {
     let path = Path::new("/proc/self/mountinfo");
-    let text = fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.into(),
-        source,
-    })?;
+    let text = fs::read_to_string(path).map_err(|source| Error::Io { path: path.into(), source })?;
     let mut found: Vec<PathBuf> = text
         .lines()
         .filter_map(|line| {
@@ -53,64 +41,34 @@ pub fn cgroup2_root() -> Result<PathBuf, Error> {
         })
         .collect();
     // Prefer the conventional locations when several are mounted.
-    found.sort_by_key(|p| {
-        (
-            p != Path::new("/sys/fs/cgroup"),
-            p != Path::new("/sys/fs/cgroup/unified"),
-        )
-    });
+    found.sort_by_key(|p| (p != Path::new("/sys/fs/cgroup"), p != Path::new("/sys/fs/cgroup/unified")));
     found.into_iter().next().ok_or(Error::NoCgroup2)
 }
 
 /// Resolves a configured cgroup path: absolute paths are taken as they are, relative ones are
 /// relative to the cgroup v2 root. The directory must exist and be in the v2 hierarchy.
 pub fn resolve(root: &Path, path: &Path) -> Result<PathBuf, Error> {
-    let full = if path.is_absolute() {
-        path.to_path_buf()
-    } else {
-        root.join(path)
-    };
+    let full = if path.is_absolute() { path.to_path_buf() } else { root.join(path) };
     if !full.is_dir() {
-        return Err(Error::Missing {
-            path: full,
-            root: root.into(),
-        });
+        return Err(Error::Missing { path: full, root: root.into() });
     }
-    let fs = statfs(&full).map_err(|e| Error::Io {
-        path: full.clone(),
-        source: e.into(),
-    })?;
+    let fs = statfs(&full).map_err(|e| Error::Io { path: full.clone(), source: e.into() })?;
     if fs.filesystem_type() != CGROUP2_SUPER_MAGIC {
-        return Err(Error::NotCgroup2 {
-            path: full,
-            root: root.into(),
-        });
+        return Err(Error::NotCgroup2 { path: full, root: root.into() });
     }
     Ok(full)
 }
 
 /// The cgroup id of a cgroup v2 directory.
 pub fn cgroup_id(path: &Path) -> Result<u64, Error> {
-    fs::metadata(path)
-        .map(|m| m.ino())
-        .map_err(|source| Error::Io {
-            path: path.into(),
-            source,
-        })
+    fs::metadata(path).map(|m| m.ino()).map_err(|source| Error::Io { path: path.into(), source })
 }
 
 /// The cgroup v2 directory this process belongs to.
 pub fn own_cgroup(root: &Path) -> Result<PathBuf, Error> {
     let path = Path::new("/proc/self/cgroup");
-    let text = fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.into(),
-        source,
-    })?;
-    let rel = text
-        .lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .ok_or(Error::NoCgroup2)?
-        .trim_start_matches('/');
+    let text = fs::read_to_string(path).map_err(|source| Error::Io { path: path.into(), source })?;
+    let rel = text.lines().find_map(|l| l.strip_prefix("0::")).ok_or(Error::NoCgroup2)?.trim_start_matches('/');
     Ok(root.join(rel))
 }
 
@@ -131,9 +89,7 @@ mod tests {
     fn relative_paths_resolve_under_the_root() {
         let root = Path::new("/nonexistent-root");
         let err = resolve(root, Path::new("pods/a")).unwrap_err();
-        assert!(
-            matches!(err, Error::Missing { ref path, .. } if path == Path::new("/nonexistent-root/pods/a"))
-        );
+        assert!(matches!(err, Error::Missing { ref path, .. } if path == Path::new("/nonexistent-root/pods/a")));
         assert!(err.to_string().contains("does not exist"));
     }
 

@@ -24,18 +24,11 @@ pub use types::*;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("read config {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("config {path}: {message}")]
     Parse { path: PathBuf, message: String },
     #[error("config {path}: {field}: {message}")]
-    Invalid {
-        path: PathBuf,
-        field: String,
-        message: String,
-    },
+    Invalid { path: PathBuf, field: String, message: String },
     #[error("config {path}: unknown extension; use .yaml, .yml or .toml")]
     Extension { path: PathBuf },
 }
@@ -43,31 +36,17 @@ pub enum Error {
 impl Config {
     /// Reads, parses and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
-            path: path.into(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Read { path: path.into(), source })?;
         let config = Self::parse(path, &text)?;
-        config
-            .validate()
-            .map_err(|(field, message)| Error::Invalid {
-                path: path.into(),
-                field,
-                message,
-            })?;
+        config.validate().map_err(|(field, message)| Error::Invalid { path: path.into(), field, message })?;
         Ok(config)
     }
 
     /// Parses `text` in the format `path`'s extension names, without validating.
     pub fn parse(path: &Path, text: &str) -> Result<Self, Error> {
-        let parse_err = |message: String| Error::Parse {
-            path: path.into(),
-            message,
-        };
+        let parse_err = |message: String| Error::Parse { path: path.into(), message };
         match path.extension().and_then(|e| e.to_str()) {
-            Some("yaml" | "yml") => {
-                serde_yaml::from_str(text).map_err(|e| parse_err(e.to_string()))
-            }
+            Some("yaml" | "yml") => serde_yaml::from_str(text).map_err(|e| parse_err(e.to_string())),
             Some("toml") => toml::from_str(text).map_err(|e| parse_err(e.to_string())),
             _ => Err(Error::Extension { path: path.into() }),
         }
@@ -75,10 +54,7 @@ impl Config {
 
     /// Path of the admin socket: the configured one, or `/run/meshd/<node>/admin.sock`.
     pub fn admin_socket(&self) -> PathBuf {
-        self.admin
-            .socket
-            .clone()
-            .unwrap_or_else(|| default_admin_socket(&self.node))
+        self.admin.socket.clone().unwrap_or_else(|| default_admin_socket(&self.node))
     }
 }
 

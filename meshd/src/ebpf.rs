@@ -30,46 +30,23 @@ pub enum Error {
     )]
     NoObject,
     #[error("read eBPF object {path}: {source}")]
-    ReadObject {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    ReadObject { path: PathBuf, source: std::io::Error },
     #[error("parse and load eBPF object: {0}")]
     Load(#[source] aya::EbpfError),
     #[error("eBPF program {program} is missing from the object (stale build? run `cargo xtask build-ebpf`)")]
     MissingProgram { program: &'static str },
-    #[error(
-        "eBPF map {map} is missing from the object (stale build? run `cargo xtask build-ebpf`)"
-    )]
+    #[error("eBPF map {map} is missing from the object (stale build? run `cargo xtask build-ebpf`)")]
     MissingMap { map: &'static str },
     #[error("load eBPF program {program} into the kernel: {source}")]
-    Verifier {
-        program: &'static str,
-        source: aya::programs::ProgramError,
-    },
+    Verifier { program: &'static str, source: aya::programs::ProgramError },
     #[error("attach eBPF program {program} to cgroup {cgroup}: {source}")]
-    Attach {
-        program: &'static str,
-        cgroup: PathBuf,
-        source: aya::programs::ProgramError,
-    },
+    Attach { program: &'static str, cgroup: PathBuf, source: aya::programs::ProgramError },
     #[error("eBPF map {map}: {source}")]
-    Map {
-        map: &'static str,
-        source: aya::maps::MapError,
-    },
+    Map { map: &'static str, source: aya::maps::MapError },
     #[error("pin {what} at {path}: {detail}")]
-    Pin {
-        what: String,
-        path: PathBuf,
-        detail: String,
-    },
+    Pin { what: String, path: PathBuf, detail: String },
     #[error("{op} {path}: {source}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { op: &'static str, path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Cgroup(#[from] crate::cgroup::Error),
     #[error("cgroup {cgroup} is not enrolled")]

@@ -17,22 +17,16 @@ use socket2::{Domain, Protocol, Socket, Type};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("open network namespace {path}: {source} (is the path right? `ip netns add` puts them under /var/run/netns)")]
-    Open {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    #[error(
+        "open network namespace {path}: {source} (is the path right? `ip netns add` puts them under /var/run/netns)"
+    )]
+    Open { path: PathBuf, source: std::io::Error },
     #[error("enter network namespace {path}: {source} (the agent needs CAP_SYS_ADMIN)")]
     Enter { path: PathBuf, source: nix::Error },
     #[error("network namespace worker for {path} is gone")]
     WorkerGone { path: PathBuf },
     #[error("{op} {addr} in network namespace {path}: {source}")]
-    Socket {
-        op: &'static str,
-        addr: SocketAddr,
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Socket { op: &'static str, addr: SocketAddr, path: PathBuf, source: std::io::Error },
     #[error("read the network namespace cookie of a socket: {0}")]
     Cookie(std::io::Error),
 }
@@ -50,25 +44,16 @@ impl Netns {
     /// Opens the namespace at `path` (e.g. `/var/run/netns/pod-a` or `/proc/PID/ns/net`) and
     /// starts its worker thread.
     pub fn open(path: &Path) -> Result<Self, Error> {
-        let file = File::open(path).map_err(|source| Error::Open {
-            path: path.into(),
-            source,
-        })?;
+        let file = File::open(path).map_err(|source| Error::Open { path: path.into(), source })?;
         let (jobs, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel();
-        let name = format!(
-            "netns:{}",
-            path.file_name().unwrap_or_default().to_string_lossy()
-        );
+        let name = format!("netns:{}", path.file_name().unwrap_or_default().to_string_lossy());
         let owned = path.to_path_buf();
         thread::Builder::new()
             .name(name)
             .spawn(move || {
-                let entered =
-                    setns(file.as_fd(), CloneFlags::CLONE_NEWNET).map_err(|source| Error::Enter {
-                        path: owned,
-                        source,
-                    });
+                let entered = setns(file.as_fd(), CloneFlags::CLONE_NEWNET)
+                    .map_err(|source| Error::Enter { path: owned, source });
                 let ok = entered.is_ok();
                 let _ = ready_tx.send(entered);
                 if ok {
@@ -77,17 +62,9 @@ impl Netns {
                     }
                 }
             })
-            .map_err(|source| Error::Open {
-                path: path.into(),
-                source,
-            })?;
-        ready_rx
-            .recv()
-            .map_err(|_| Error::WorkerGone { path: path.into() })??;
-        Ok(Self {
-            path: path.into(),
-            jobs,
-        })
+            .map_err(|source| Error::Open { path: path.into(), source })?;
+        ready_rx.recv().map_err(|_| Error::WorkerGone { path: path.into() })??;
+        Ok(Self { path: path.into(), jobs })
     }
 
     pub fn path(&self) -> &Path {
@@ -95,20 +72,13 @@ impl Netns {
     }
 
     /// Runs `f` on the namespace's thread and returns its result.
-    pub fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> Result<T, Error> {
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
         let (tx, rx) = mpsc::channel();
         let job: Job = Box::new(move || {
             let _ = tx.send(f());
         });
-        self.jobs.send(job).map_err(|_| Error::WorkerGone {
-            path: self.path.clone(),
-        })?;
-        rx.recv().map_err(|_| Error::WorkerGone {
-            path: self.path.clone(),
-        })
+        self.jobs.send(job).map_err(|_| Error::WorkerGone { path: self.path.clone() })?;
+        rx.recv().map_err(|_| Error::WorkerGone { path: self.path.clone() })
     }
 
     /// A listening TCP socket bound to `addr` inside the namespace, non-blocking, carrying the
@@ -125,12 +95,7 @@ impl Netns {
                 s.listen(1024)?;
                 Ok(s)
             });
-            sock.map(Into::into).map_err(|source| Error::Socket {
-                op: "listen on",
-                addr,
-                path,
-                source,
-            })
+            sock.map(Into::into).map_err(|source| Error::Socket { op: "listen on", addr, path, source })
         })?
     }
 
@@ -138,22 +103,13 @@ impl Netns {
     pub fn socket_for(&self, addr: SocketAddr, mark: u32) -> Result<Socket, Error> {
         let path = self.path.clone();
         self.run(move || {
-            new_socket(addr, mark).map_err(|source| Error::Socket {
-                op: "create socket for",
-                addr,
-                path,
-                source,
-            })
+            new_socket(addr, mark).map_err(|source| Error::Socket { op: "create socket for", addr, path, source })
         })?
     }
 }
 
 fn new_socket(addr: SocketAddr, mark: u32) -> std::io::Result<Socket> {
-    let sock = Socket::new(
-        Domain::for_address(addr),
-        Type::STREAM.nonblocking().cloexec(),
-        Some(Protocol::TCP),
-    )?;
+    let sock = Socket::new(Domain::for_address(addr), Type::STREAM.nonblocking().cloexec(), Some(Protocol::TCP))?;
     sock.set_mark(mark)?;
     sock.set_tcp_nodelay(true)?;
     Ok(sock)
@@ -166,13 +122,7 @@ pub fn netns_cookie(sock: &impl AsRawFd) -> Result<u64, Error> {
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: getsockopt writes at most `len` bytes into `cookie`, which is a valid u64.
     let rc = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&raw mut cookie).cast(),
-            &mut len,
-        )
+        libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE, (&raw mut cookie).cast(), &mut len)
     };
     if rc != 0 {
         return Err(Error::Cookie(std::io::Error::last_os_error()));

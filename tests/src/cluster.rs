@@ -79,18 +79,12 @@ impl Cluster {
         crate::require::root();
         crate::require::program("ip", "iproute2");
         sweep::stale();
-        let id = format!(
-            "mt{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst)
-        );
+        let id = format!("mt{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst));
         let root = meshd::cgroup::cgroup2_root().expect("find the cgroup v2 hierarchy");
         let cgroup_dir = root.join(format!("meshd-{id}"));
-        std::fs::create_dir_all(&cgroup_dir)
-            .unwrap_or_else(|e| panic!("create cgroup {}: {e}", cgroup_dir.display()));
+        std::fs::create_dir_all(&cgroup_dir).unwrap_or_else(|e| panic!("create cgroup {}: {e}", cgroup_dir.display()));
         let run_dir = paths::run_dir(&id);
-        std::fs::create_dir_all(&run_dir)
-            .unwrap_or_else(|e| panic!("create {}: {e}", run_dir.display()));
+        std::fs::create_dir_all(&run_dir).unwrap_or_else(|e| panic!("create {}: {e}", run_dir.display()));
         std::fs::write(run_dir.join("label"), label).ok();
         let wire = format!("{id}-wire");
         let cluster = Self {
@@ -138,11 +132,7 @@ impl Cluster {
 
     /// Adds a pod named `name` on `node`.
     pub fn add_pod(&mut self, node: &str, name: &str) -> Pod {
-        let n = self
-            .nodes
-            .iter_mut()
-            .find(|n| n.name == node)
-            .unwrap_or_else(|| panic!("no node {node}"));
+        let n = self.nodes.iter_mut().find(|n| n.name == node).unwrap_or_else(|| panic!("no node {node}"));
         n.pods += 1;
         let host = n.pods + 1;
         let pod = Pod {
@@ -150,33 +140,22 @@ impl Cluster {
             node: node.into(),
             netns: format!("{}-{name}", self.id),
             ip: Ipv4Addr::new(10, 100, n.index, host),
-            ip6: format!("fd00:100:{}::{host}", n.index)
-                .parse()
-                .expect("ipv6"),
+            ip6: format!("fd00:100:{}::{host}", n.index).parse().expect("ipv6"),
             cgroup: PathBuf::new(),
         };
         let node = n.clone();
-        let pod = Pod {
-            cgroup: self.make_cgroup(&format!("pod-{name}")),
-            ..pod
-        };
+        let pod = Pod { cgroup: self.make_cgroup(&format!("pod-{name}")), ..pod };
         net::add_pod(&node, &pod, host);
         self.pods.push(pod.clone());
         pod
     }
 
     pub fn node(&self, name: &str) -> &Node {
-        self.nodes
-            .iter()
-            .find(|n| n.name == name)
-            .unwrap_or_else(|| panic!("no node {name}"))
+        self.nodes.iter().find(|n| n.name == name).unwrap_or_else(|| panic!("no node {name}"))
     }
 
     pub fn pod(&self, name: &str) -> &Pod {
-        self.pods
-            .iter()
-            .find(|p| p.name == name)
-            .unwrap_or_else(|| panic!("no pod {name}"))
+        self.pods.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no pod {name}"))
     }
 
     /// A development CA shared by the cluster's agents (created on first use).
@@ -188,19 +167,14 @@ impl Cluster {
                 .arg(&dir)
                 .status()
                 .expect("run meshd ca init");
-            assert!(
-                status.success(),
-                "meshd ca init --dir {} failed",
-                dir.display()
-            );
+            assert!(status.success(), "meshd ca init --dir {} failed", dir.display());
         }
         dir
     }
 
     fn make_cgroup(&self, name: &str) -> PathBuf {
         let dir = self.cgroup_dir.join(name);
-        std::fs::create_dir_all(&dir)
-            .unwrap_or_else(|e| panic!("create cgroup {}: {e}", dir.display()));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create cgroup {}: {e}", dir.display()));
         dir
     }
 }
@@ -241,10 +215,7 @@ impl Pod {
 impl Drop for Cluster {
     fn drop(&mut self) {
         if std::env::var_os("MESHD_KEEP_CLUSTER").is_some() {
-            eprintln!(
-                "MESHD_KEEP_CLUSTER set: leaving cluster {} in place",
-                self.id
-            );
+            eprintln!("MESHD_KEEP_CLUSTER set: leaving cluster {} in place", self.id);
             return;
         }
         sweep::remove_cluster(&self.id, &self.cgroup_dir);

@@ -24,11 +24,8 @@ impl Drop for Background {
 
 /// Spawns `cmd` and waits (up to 10 s) for its first stdout line to contain `ready`.
 pub fn spawn_ready(mut cmd: Command, what: &str, ready: &str) -> Background {
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    let mut child =
+        cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
     let stdout = child.stdout.take().expect("piped stdout");
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
@@ -43,23 +40,14 @@ pub fn spawn_ready(mut cmd: Command, what: &str, ready: &str) -> Background {
         }
     });
     let line = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
-    assert!(
-        line.contains(ready),
-        "{what} did not become ready (first line {line:?})"
-    );
-    Background {
-        child,
-        what: what.into(),
-    }
+    assert!(line.contains(ready), "{what} did not become ready (first line {line:?})");
+    Background { child, what: what.into() }
 }
 
 /// Runs `cmd` to completion with a deadline; panics if it overruns.
 pub fn run(mut cmd: Command, what: &str, deadline: Duration) -> Output {
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {what}: {e}"));
+    let child =
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("spawn {what}: {e}"));
     let pid = child.id();
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
@@ -68,10 +56,7 @@ pub fn run(mut cmd: Command, what: &str, deadline: Duration) -> Output {
     match rx.recv_timeout(deadline) {
         Ok(out) => out.unwrap_or_else(|e| panic!("wait for {what}: {e}")),
         Err(_) => {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
             panic!("{what} did not finish within {deadline:?}");
         }
     }
@@ -80,11 +65,6 @@ pub fn run(mut cmd: Command, what: &str, deadline: Duration) -> Output {
 /// Runs `cmd` and returns its stdout, panicking with stderr when it fails.
 pub fn run_ok(cmd: Command, what: &str, deadline: Duration) -> String {
     let out = run(cmd, what, deadline);
-    assert!(
-        out.status.success(),
-        "{what} failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr).trim()
-    );
+    assert!(out.status.success(), "{what} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
     String::from_utf8_lossy(&out.stdout).into_owned()
 }

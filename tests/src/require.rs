@@ -21,16 +21,12 @@ pub fn root() {
 
 /// Panics unless `program` is on PATH.
 pub fn program(program: &str, package: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file()))
-        .unwrap_or(false);
+    let found =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).any(|d| d.join(program).is_file())).unwrap_or(false);
     assert!(found, "privileged test: `{program}` is not installed; run `cargo xtask setup` (Debian package {package})");
 }
 
 /// Panics unless `path` exists (a kernel interface).
 pub fn path(path: &str, what: &str) {
-    assert!(
-        Path::new(path).exists(),
-        "privileged test: {path} is missing: this kernel lacks {what}"
-    );
+    assert!(Path::new(path).exists(), "privileged test: {path} is missing: this kernel lacks {what}");
 }

@@ -37,22 +37,12 @@ impl Fixture {
         .unwrap_or_else(|e| panic!("load the eBPF programs: {e}"));
         let prefixes: Vec<Prefix> = meshed
             .iter()
-            .map(|(a, len, ports)| Prefix {
-                addr: a.parse().unwrap(),
-                len: *len,
-                ports: *ports,
-            })
+            .map(|(a, len, ports)| Prefix { addr: a.parse().unwrap(), len: *len, ports: *ports })
             .collect();
-        dp.maps()
-            .set_prefixes(&prefixes, &[])
-            .expect("write meshed prefixes");
+        dp.maps().set_prefixes(&prefixes, &[]).expect("write meshed prefixes");
         let own = meshd::cgroup::own_cgroup(&meshd::cgroup::cgroup2_root().unwrap()).unwrap();
-        dp.attach_getsockopt(&own)
-            .expect("attach getsockopt to this process's cgroup");
-        Self {
-            cluster,
-            dp: Some(dp),
-        }
+        dp.attach_getsockopt(&own).expect("attach getsockopt to this process's cgroup");
+        Self { cluster, dp: Some(dp) }
     }
 
     fn dp(&mut self) -> &mut Datapath {
@@ -62,27 +52,11 @@ impl Fixture {
     /// Enrolls `pod` with capture listeners (v4 and v6) in its namespace.
     fn enroll(&mut self, pod: &Pod, id: u32) -> (TcpListener, TcpListener) {
         let ns = Netns::open(&pod.netns_path()).unwrap();
-        let v4 = ns
-            .listen(
-                SocketAddr::from(([127, 0, 0, 1], CAPTURE)),
-                AGENT_SOCKET_MARK,
-            )
-            .unwrap();
-        let v6 = ns
-            .listen(
-                format!("[::1]:{CAPTURE}").parse().unwrap(),
-                AGENT_SOCKET_MARK,
-            )
-            .unwrap();
+        let v4 = ns.listen(SocketAddr::from(([127, 0, 0, 1], CAPTURE)), AGENT_SOCKET_MARK).unwrap();
+        let v6 = ns.listen(format!("[::1]:{CAPTURE}").parse().unwrap(), AGENT_SOCKET_MARK).unwrap();
         v4.set_nonblocking(false).unwrap();
         v6.set_nonblocking(false).unwrap();
-        let info = WorkloadInfo {
-            workload_id: id,
-            capture_port: CAPTURE,
-            inbound_port: 15008,
-            flags: 1,
-            _pad: 0,
-        };
+        let info = WorkloadInfo { workload_id: id, capture_port: CAPTURE, inbound_port: 15008, flags: 1, _pad: 0 };
         self.dp().enroll(&pod.cgroup, info).expect("enroll");
         (v4, v6)
     }
@@ -103,11 +77,7 @@ fn testkit(pod: &Pod, args: &[&str]) -> std::process::Command {
 }
 
 fn serve(pod: &Pod, addr: &str, name: &str) -> procs::Background {
-    procs::spawn_ready(
-        testkit(pod, &["serve", addr, "--name", name]),
-        name,
-        "listening",
-    )
+    procs::spawn_ready(testkit(pod, &["serve", addr, "--name", name]), name, "listening")
 }
 
 /// Accepts one connection on `listener` within `T` (on a thread, so a missing redirect fails
@@ -118,10 +88,7 @@ fn accept(listener: &TcpListener) -> std::net::TcpStream {
     std::thread::spawn(move || {
         let _ = tx.send(l.accept());
     });
-    rx.recv_timeout(T)
-        .expect("no redirected connection reached the capture listener")
-        .unwrap()
-        .0
+    rx.recv_timeout(T).expect("no redirected connection reached the capture listener").unwrap().0
 }
 
 #[test]
@@ -139,87 +106,37 @@ fn meshed_ipv4_connect_is_captured_with_its_original_destination() {
     });
     let mut sock = accept(&v4);
     let want: SocketAddr = dst.parse().unwrap();
-    assert_eq!(
-        original_dst(&sock, false).expect("getsockopt SO_ORIGINAL_DST"),
-        want
-    );
-    let key = flow_key(
-        netns_cookie(&sock).unwrap(),
-        sock.peer_addr().unwrap(),
-        sock.local_addr().unwrap(),
-    );
-    let orig = f
-        .dp()
-        .maps()
-        .take_orig_dst(&key)
-        .expect("ORIG_DST has the flow");
+    assert_eq!(original_dst(&sock, false).expect("getsockopt SO_ORIGINAL_DST"), want);
+    let key = flow_key(netns_cookie(&sock).unwrap(), sock.peer_addr().unwrap(), sock.local_addr().unwrap());
+    let orig = f.dp().maps().take_orig_dst(&key).expect("ORIG_DST has the flow");
     assert_eq!((orig_addr(&orig), orig.workload_id), (want, 7));
     sock.write_all(b"captured\n").unwrap();
     drop(sock);
-    assert_eq!(
-        conn.join().unwrap().trim(),
-        "captured",
-        "the client must have been answered by the capture listener"
-    );
+    assert_eq!(conn.join().unwrap().trim(), "captured", "the client must have been answered by the capture listener");
     let counters = f.dp().maps().counters();
-    assert!(
-        counters.event(Event::Redirected) >= 1 && counters.event(Event::OrigDstAnswered) >= 1,
-        "{counters:?}"
-    );
+    assert!(counters.event(Event::Redirected) >= 1 && counters.event(Event::OrigDstAnswered) >= 1, "{counters:?}");
     assert_eq!(counters.error(Reason::ConnectRecordOrig), 0);
 }
 
 #[test]
 fn ipv6_and_v4_mapped_connects_are_captured() {
-    let mut f = Fixture::new(
-        "intercept-v6",
-        &[
-            ("10.100.0.0", 16, (1, 65535)),
-            ("fd00:100::", 32, (1, 65535)),
-        ],
-    );
+    let mut f = Fixture::new("intercept-v6", &[("10.100.0.0", 16, (1, 65535)), ("fd00:100::", 32, (1, 65535))]);
     let client = f.cluster.add_pod("a", "client");
     let server = f.cluster.add_pod("b", "server");
     let _srv = serve(&server, "[::]:8080", "server");
     let (v4, v6) = f.enroll(&client, 3);
 
     for (dst, listener, ipv6, want) in [
-        (
-            format!("[{}]:8080", server.ip6),
-            &v6,
-            true,
-            format!("[{}]:8080", server.ip6),
-        ),
-        (
-            format!("[::ffff:{}]:8080", server.ip),
-            &v4,
-            false,
-            format!("{}:8080", server.ip),
-        ),
+        (format!("[{}]:8080", server.ip6), &v6, true, format!("[{}]:8080", server.ip6)),
+        (format!("[::ffff:{}]:8080", server.ip), &v4, false, format!("{}:8080", server.ip)),
     ] {
         let cmd = testkit(&client, &["connect", &dst]);
         let conn = std::thread::spawn(move || procs::run_ok(cmd, "client", T));
         let mut sock = accept(listener);
         let want: SocketAddr = want.parse().unwrap();
-        assert_eq!(
-            original_dst(&sock, ipv6).expect("getsockopt original dst"),
-            want,
-            "{dst}"
-        );
-        let key = flow_key(
-            netns_cookie(&sock).unwrap(),
-            sock.peer_addr().unwrap(),
-            sock.local_addr().unwrap(),
-        );
-        assert_eq!(
-            orig_addr(
-                &f.dp()
-                    .maps()
-                    .take_orig_dst(&key)
-                    .expect("ORIG_DST has the flow")
-            ),
-            want
-        );
+        assert_eq!(original_dst(&sock, ipv6).expect("getsockopt original dst"), want, "{dst}");
+        let key = flow_key(netns_cookie(&sock).unwrap(), sock.peer_addr().unwrap(), sock.local_addr().unwrap());
+        assert_eq!(orig_addr(&f.dp().maps().take_orig_dst(&key).expect("ORIG_DST has the flow")), want);
         sock.write_all(b"captured\n").unwrap();
         drop(sock);
         assert_eq!(conn.join().unwrap().trim(), "captured", "{dst}");
@@ -240,21 +157,9 @@ fn unmeshed_destinations_and_agent_sockets_go_direct() {
     let _node = procs::spawn_ready(node_srv, "node server", "listening");
     let _capture = f.enroll(&client, 1);
 
-    let direct = |args: &[&str]| {
-        procs::run_ok(testkit(&client, args), "client", T)
-            .trim()
-            .to_string()
-    };
-    assert_eq!(
-        direct(&["connect", &format!("{}:9090", server.ip)]),
-        "server-9090",
-        "unmeshed port"
-    );
-    assert_eq!(
-        direct(&["connect", &format!("{}:7070", node_b.ip)]),
-        "node-b",
-        "unmeshed prefix"
-    );
+    let direct = |args: &[&str]| procs::run_ok(testkit(&client, args), "client", T).trim().to_string();
+    assert_eq!(direct(&["connect", &format!("{}:9090", server.ip)]), "server-9090", "unmeshed port");
+    assert_eq!(direct(&["connect", &format!("{}:7070", node_b.ip)]), "node-b", "unmeshed prefix");
     let mark = AGENT_SOCKET_MARK.to_string();
     assert_eq!(
         direct(&["connect", &format!("{}:8080", server.ip), "--mark", &mark]),
@@ -266,17 +171,13 @@ fn unmeshed_destinations_and_agent_sockets_go_direct() {
     let dst: SocketAddr = format!("{}:8080", server.ip).parse().unwrap();
     let sock = ns.socket_for(dst, 0).unwrap();
     sock.set_nonblocking(false).unwrap();
-    sock.connect_timeout(&dst.into(), T)
-        .expect("agent connects directly");
+    sock.connect_timeout(&dst.into(), T).expect("agent connects directly");
     let mut s: std::net::TcpStream = sock.into();
     let mut answer = String::new();
     std::io::Read::read_to_string(&mut s, &mut answer).unwrap();
     assert_eq!(answer.trim(), "server-8080");
     let c = f.dp().maps().counters();
-    assert!(
-        c.event(Event::Direct) >= 2 && c.event(Event::Redirected) == 0,
-        "{c:?}"
-    );
+    assert!(c.event(Event::Direct) >= 2 && c.event(Event::Redirected) == 0, "{c:?}");
 }
 
 #[test]
@@ -288,41 +189,18 @@ fn equal_local_ports_in_two_namespaces_do_not_collide() {
     let (l1, _) = f.enroll(&p1, 1);
     let (l2, _) = f.enroll(&p2, 2);
     // Both clients connect from local port 40000: their flows differ only by namespace.
-    let c1 = testkit(
-        &p1,
-        &[
-            "connect",
-            &format!("{}:1111", server.ip),
-            "--bind-port",
-            "40000",
-        ],
-    );
-    let c2 = testkit(
-        &p2,
-        &[
-            "connect",
-            &format!("{}:2222", server.ip),
-            "--bind-port",
-            "40000",
-        ],
-    );
+    let c1 = testkit(&p1, &["connect", &format!("{}:1111", server.ip), "--bind-port", "40000"]);
+    let c2 = testkit(&p2, &["connect", &format!("{}:2222", server.ip), "--bind-port", "40000"]);
     let t1 = std::thread::spawn(move || procs::run_ok(c1, "client one", T));
     let t2 = std::thread::spawn(move || procs::run_ok(c2, "client two", T));
     let (mut s1, mut s2) = (accept(&l1), accept(&l2));
     assert_eq!(s1.peer_addr().unwrap().port(), 40000);
     assert_eq!(s2.peer_addr().unwrap().port(), 40000);
     for (sock, id, port) in [(&mut s1, 1, 1111), (&mut s2, 2, 2222)] {
-        let key = flow_key(
-            netns_cookie(sock).unwrap(),
-            sock.peer_addr().unwrap(),
-            sock.local_addr().unwrap(),
-        );
+        let key = flow_key(netns_cookie(sock).unwrap(), sock.peer_addr().unwrap(), sock.local_addr().unwrap());
         let orig = f.dp().maps().take_orig_dst(&key).expect("ORIG_DST entry");
         assert_eq!((orig.workload_id, orig.port), (id, port));
-        assert!(
-            original_dst(sock, false).is_err(),
-            "a taken entry is gone from ORIG_DST"
-        );
+        assert!(original_dst(sock, false).is_err(), "a taken entry is gone from ORIG_DST");
         sock.write_all(format!("{id}\n").as_bytes()).unwrap();
     }
     drop((s1, s2));
@@ -346,15 +224,7 @@ fn ten_thousand_short_connections_leave_no_map_entries() {
         }
     });
     let out = procs::run_ok(
-        testkit(
-            &client,
-            &[
-                "churn",
-                &format!("{}:80", server.ip),
-                "--count",
-                &N.to_string(),
-            ],
-        ),
+        testkit(&client, &["churn", &format!("{}:80", server.ip), "--count", &N.to_string()]),
         "churn",
         Duration::from_secs(300),
     );
@@ -369,11 +239,7 @@ fn ten_thousand_short_connections_leave_no_map_entries() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(
-        entries,
-        (0, 0),
-        "ORIG_DST and SOCK_ORIG must be empty after {N} closed connections"
-    );
+    assert_eq!(entries, (0, 0), "ORIG_DST and SOCK_ORIG must be empty after {N} closed connections");
     let c = f.dp().maps().counters();
     assert_eq!(c.event(Event::FlowRecorded), u64::from(N), "{c:?}");
     assert_eq!(c.event(Event::FlowRemoved), u64::from(N), "{c:?}");
@@ -390,30 +256,14 @@ fn unenrolling_restores_the_direct_path_and_a_dead_agent_fails_closed() {
     // Capture listener gone while the programs stay attached (as after an agent crash): the
     // connection must be refused, never sent directly in plaintext.
     drop((v4, v6));
-    let out = procs::run(
-        testkit(&client, &["connect", &dst, "--timeout-secs", "5"]),
-        "client",
-        T,
-    );
-    assert!(
-        !out.status.success(),
-        "connect must fail closed, got {:?}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("refused"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = procs::run(testkit(&client, &["connect", &dst, "--timeout-secs", "5"]), "client", T);
+    assert!(!out.status.success(), "connect must fail closed, got {:?}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refused"), "{}", String::from_utf8_lossy(&out.stderr));
 
     let id = meshd::cgroup::cgroup_id(&client.cgroup).unwrap();
     f.dp().unenroll(id).unwrap();
     let out = procs::run_ok(testkit(&client, &["connect", &dst]), "client", T);
-    assert_eq!(
-        out.trim(),
-        "server",
-        "after unenroll the client reaches the server directly"
-    );
+    assert_eq!(out.trim(), "server", "after unenroll the client reaches the server directly");
 }
 
 #[test]
@@ -429,54 +279,22 @@ fn a_restarted_agent_adopts_stale_pins_without_a_gap() {
     drop(f.dp.take());
     drop(first);
     let links = PathBuf::from("/sys/fs/bpf/meshd").join(&node).join("links");
-    assert_eq!(
-        std::fs::read_dir(&links).unwrap().count(),
-        3,
-        "connect4, connect6 and sockops links pinned"
-    );
+    assert_eq!(std::fs::read_dir(&links).unwrap().count(), 3, "connect4, connect6 and sockops links pinned");
 
-    let mut dp = Datapath::load(&DatapathOptions {
-        node: node.clone(),
-        bpffs: "/sys/fs/bpf".into(),
-        object: None,
-    })
-    .expect("a second load over stale pins works");
-    dp.maps()
-        .set_prefixes(
-            &[Prefix {
-                addr: "10.100.0.0".parse().unwrap(),
-                len: 16,
-                ports: (1, 65535),
-            }],
-            &[],
-        )
-        .unwrap();
+    let mut dp = Datapath::load(&DatapathOptions { node: node.clone(), bpffs: "/sys/fs/bpf".into(), object: None })
+        .expect("a second load over stale pins works");
+    dp.maps().set_prefixes(&[Prefix { addr: "10.100.0.0".parse().unwrap(), len: 16, ports: (1, 65535) }], &[]).unwrap();
     f.dp = Some(dp);
     let (v4, _v6) = f.enroll(&client, 2);
     f.dp().release_stale();
-    assert_eq!(
-        std::fs::read_dir(&links).unwrap().count(),
-        3,
-        "only the new run's links remain"
-    );
+    assert_eq!(std::fs::read_dir(&links).unwrap().count(), 3, "only the new run's links remain");
 
     let dst = format!("{}:8080", server.ip);
     let cmd = testkit(&client, &["connect", &dst]);
     let conn = std::thread::spawn(move || procs::run_ok(cmd, "client", T));
     let mut sock = accept(&v4);
-    let key = flow_key(
-        netns_cookie(&sock).unwrap(),
-        sock.peer_addr().unwrap(),
-        sock.local_addr().unwrap(),
-    );
-    assert_eq!(
-        f.dp()
-            .maps()
-            .take_orig_dst(&key)
-            .expect("new run's map has the flow")
-            .workload_id,
-        2
-    );
+    let key = flow_key(netns_cookie(&sock).unwrap(), sock.peer_addr().unwrap(), sock.local_addr().unwrap());
+    assert_eq!(f.dp().maps().take_orig_dst(&key).expect("new run's map has the flow").workload_id, 2);
     sock.write_all(b"captured\n").unwrap();
     drop(sock);
     assert_eq!(conn.join().unwrap().trim(), "captured");

@@ -17,35 +17,16 @@ idle_timeout: 5m
 fn parse_yaml(text: &str) -> Result<Config, Error> {
     let path = Path::new("test.yaml");
     let c = Config::parse(path, text)?;
-    c.validate().map_err(|(field, message)| Error::Invalid {
-        path: path.into(),
-        field,
-        message,
-    })?;
+    c.validate().map_err(|(field, message)| Error::Invalid { path: path.into(), field, message })?;
     Ok(c)
 }
 
 #[test]
 fn a_good_yaml_config_parses_with_defaults() {
     let c = parse_yaml(GOOD).unwrap();
-    assert_eq!(
-        c.ports,
-        Ports {
-            capture: 15001,
-            inbound: 15008
-        }
-    );
-    let ca = DevCaConfig {
-        dir: "/tmp/ca".into(),
-        svid_ttl: std::time::Duration::from_secs(1800),
-    };
-    assert_eq!(
-        c.identity,
-        IdentityConfig {
-            dev_ca: Some(ca),
-            files: None
-        }
-    );
+    assert_eq!(c.ports, Ports { capture: 15001, inbound: 15008 });
+    let ca = DevCaConfig { dir: "/tmp/ca".into(), svid_ttl: std::time::Duration::from_secs(1800) };
+    assert_eq!(c.identity, IdentityConfig { dev_ca: Some(ca), files: None });
     assert_eq!(c.idle_timeout, Some(std::time::Duration::from_secs(300)));
     assert_eq!(c.data_path, DataPathMode::Auto);
     let d = c.mesh.destinations[1].parse().unwrap();
@@ -66,38 +47,14 @@ fn toml_is_the_same_config() {
 fn bad_configs_name_the_field() {
     let cases: &[(&str, &str, &str)] = &[
         ("node: node-a", "node: Node_A!", "node"),
-        (
-            "cidr: 10.100.0.0/16",
-            "cidr: 10.100.0.1/16",
-            "mesh.destinations[0]",
-        ),
-        (
-            "cidr: 10.100.0.0/16",
-            "cidr: 10.100.0.0/33",
-            "mesh.destinations[0]",
-        ),
-        (
-            "ports: \"80-90\"",
-            "ports: \"90-80\"",
-            "mesh.destinations[1]",
-        ),
+        ("cidr: 10.100.0.0/16", "cidr: 10.100.0.1/16", "mesh.destinations[0]"),
+        ("cidr: 10.100.0.0/16", "cidr: 10.100.0.0/33", "mesh.destinations[0]"),
+        ("ports: \"80-90\"", "ports: \"90-80\"", "mesh.destinations[1]"),
         ("sa/enc\"", "sa/enc/..\"", "workloads[0].spiffe_id"),
-        (
-            "spiffe://cluster.local/ns",
-            "spiffe://other.org/ns",
-            "workloads[0].spiffe_id",
-        ),
-        (
-            "netns: /var/run/netns/enc",
-            "netns: enc",
-            "workloads[0].netns",
-        ),
+        ("spiffe://cluster.local/ns", "spiffe://other.org/ns", "workloads[0].spiffe_id"),
+        ("netns: /var/run/netns/enc", "netns: enc", "workloads[0].netns"),
         ("idle_timeout: 5m", "idle_timeout: 0s", "idle_timeout"),
-        (
-            "identity: { dev_ca: { dir: /tmp/ca, svid_ttl: 30m } }",
-            "identity: {}",
-            "identity",
-        ),
+        ("identity: { dev_ca: { dir: /tmp/ca, svid_ttl: 30m } }", "identity: {}", "identity"),
     ];
     for (from, to, field) in cases {
         assert!(GOOD.contains(from), "{from}");
@@ -112,11 +69,9 @@ fn bad_configs_name_the_field() {
 
 #[test]
 fn syntax_errors_and_unknown_fields_are_rejected() {
-    for text in [
-        GOOD.replace("node: node-a", "node: node-a\nnodes: typo"),
-        "node: [".into(),
-        GOOD.replace("30m", "30 parsecs"),
-    ] {
+    for text in
+        [GOOD.replace("node: node-a", "node: node-a\nnodes: typo"), "node: [".into(), GOOD.replace("30m", "30 parsecs")]
+    {
         let err = parse_yaml(&text).unwrap_err();
         assert!(matches!(err, Error::Parse { .. }), "{err}");
     }
@@ -124,12 +79,6 @@ fn syntax_errors_and_unknown_fields_are_rejected() {
         "workloads:\n",
         "workloads:\n  - { name: enc, cgroup: pods/x, netns: /x, spiffe_id: \"spiffe://cluster.local/a\" }\n",
     );
-    assert!(parse_yaml(&dup)
-        .unwrap_err()
-        .to_string()
-        .contains("enrolled twice"));
-    assert!(matches!(
-        Config::parse(Path::new("c.json"), "{}"),
-        Err(Error::Extension { .. })
-    ));
+    assert!(parse_yaml(&dup).unwrap_err().to_string().contains("enrolled twice"));
+    assert!(matches!(Config::parse(Path::new("c.json"), "{}"), Err(Error::Extension { .. })));
 }

@@ -71,10 +71,7 @@ fn default_inbound() -> u16 {
 
 impl Default for Ports {
     fn default() -> Self {
-        Self {
-            capture: default_capture(),
-            inbound: default_inbound(),
-        }
+        Self { capture: default_capture(), inbound: default_inbound() }
     }
 }
 
@@ -196,20 +193,14 @@ pub(crate) mod duration {
         let t = text.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
-        let n: u64 = num
-            .parse()
-            .map_err(|_| format!("invalid duration {text:?}: expected e.g. 30s, 15m, 1h"))?;
+        let n: u64 = num.parse().map_err(|_| format!("invalid duration {text:?}: expected e.g. 30s, 15m, 1h"))?;
         let secs = match unit {
             "ms" => return Ok(Duration::from_millis(n)),
             "s" => n,
             "m" => n * 60,
             "h" => n * 3600,
             "d" => n * 86400,
-            _ => {
-                return Err(format!(
-                    "invalid duration {text:?}: unit must be ms, s, m, h or d"
-                ))
-            }
+            _ => return Err(format!("invalid duration {text:?}: unit must be ms, s, m, h or d")),
         };
         Ok(Duration::from_secs(secs))
     }

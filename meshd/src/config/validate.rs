@@ -14,73 +14,43 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> Invalid {
 impl Config {
     pub fn validate(&self) -> Result<(), Invalid> {
         if !valid_name(&self.node) {
-            return Err(invalid(
-                "node",
-                "must be 1-63 characters of a-z, 0-9, '-', '_' or '.'",
-            ));
+            return Err(invalid("node", "must be 1-63 characters of a-z, 0-9, '-', '_' or '.'"));
         }
         if !valid_trust_domain(&self.trust_domain) {
-            return Err(invalid(
-                "trust_domain",
-                "must be a SPIFFE trust domain: lowercase a-z, 0-9, '.', '-', '_'",
-            ));
+            return Err(invalid("trust_domain", "must be a SPIFFE trust domain: lowercase a-z, 0-9, '.', '-', '_'"));
         }
-        if self.ports.capture == 0
-            || self.ports.inbound == 0
-            || self.ports.capture == self.ports.inbound
-        {
-            return Err(invalid(
-                "ports",
-                "capture and inbound must be two different non-zero ports",
-            ));
+        if self.ports.capture == 0 || self.ports.inbound == 0 || self.ports.capture == self.ports.inbound {
+            return Err(invalid("ports", "capture and inbound must be two different non-zero ports"));
         }
         match (&self.identity.dev_ca, &self.identity.files) {
             (Some(_), None) | (None, Some(_)) => {}
             _ => return Err(invalid("identity", "set exactly one of dev_ca or files")),
         }
         for (i, d) in self.mesh.destinations.iter().enumerate() {
-            d.parse()
-                .map_err(|m| invalid(format!("mesh.destinations[{i}]"), m))?;
+            d.parse().map_err(|m| invalid(format!("mesh.destinations[{i}]"), m))?;
         }
         for (i, d) in self.mesh.exclude.iter().enumerate() {
-            d.parse()
-                .map_err(|m| invalid(format!("mesh.exclude[{i}]"), m))?;
+            d.parse().map_err(|m| invalid(format!("mesh.exclude[{i}]"), m))?;
         }
         let (mut names, mut cgroups) = (HashSet::new(), HashSet::new());
         for (i, w) in self.workloads.iter().enumerate() {
             let field = |f: &str| format!("workloads[{i}].{f}");
             if !valid_name(&w.name) {
-                return Err(invalid(
-                    field("name"),
-                    "must be 1-63 characters of a-z, 0-9, '-', '_' or '.'",
-                ));
+                return Err(invalid(field("name"), "must be 1-63 characters of a-z, 0-9, '-', '_' or '.'"));
             }
             if !names.insert(&w.name) {
-                return Err(invalid(
-                    field("name"),
-                    format!("{:?} is enrolled twice", w.name),
-                ));
+                return Err(invalid(field("name"), format!("{:?} is enrolled twice", w.name)));
             }
             if !cgroups.insert(&w.cgroup) {
-                return Err(invalid(
-                    field("cgroup"),
-                    format!("{} is used by another workload", w.cgroup.display()),
-                ));
+                return Err(invalid(field("cgroup"), format!("{} is used by another workload", w.cgroup.display())));
             }
             if !w.netns.is_absolute() {
-                return Err(invalid(
-                    field("netns"),
-                    "must be an absolute path, e.g. /var/run/netns/NAME",
-                ));
+                return Err(invalid(field("netns"), "must be an absolute path, e.g. /var/run/netns/NAME"));
             }
-            check_spiffe_id(&w.spiffe_id, &self.trust_domain)
-                .map_err(|m| invalid(field("spiffe_id"), m))?;
+            check_spiffe_id(&w.spiffe_id, &self.trust_domain).map_err(|m| invalid(field("spiffe_id"), m))?;
         }
         if self.idle_timeout.is_some_and(|d| d.is_zero()) {
-            return Err(invalid(
-                "idle_timeout",
-                "must be positive; leave it out for no idle timeout",
-            ));
+            return Err(invalid("idle_timeout", "must be positive; leave it out for no idle timeout"));
         }
         Ok(())
     }
@@ -88,43 +58,28 @@ impl Config {
 
 /// Checks that `id` is a SPIFFE ID in `trust_domain`.
 pub fn check_spiffe_id(id: &str, trust_domain: &str) -> Result<(), String> {
-    let rest = id
-        .strip_prefix("spiffe://")
-        .ok_or_else(|| format!("{id:?} is not a SPIFFE ID (spiffe://…)"))?;
-    let (td, path) = rest
-        .split_once('/')
-        .ok_or_else(|| format!("{id:?} has no path after the trust domain"))?;
+    let rest = id.strip_prefix("spiffe://").ok_or_else(|| format!("{id:?} is not a SPIFFE ID (spiffe://…)"))?;
+    let (td, path) = rest.split_once('/').ok_or_else(|| format!("{id:?} has no path after the trust domain"))?;
     if td != trust_domain {
-        return Err(format!(
-            "{id:?} is in trust domain {td:?}, not {trust_domain:?}"
-        ));
+        return Err(format!("{id:?} is in trust domain {td:?}, not {trust_domain:?}"));
     }
     let ok_segment = |s: &str| {
-        !s.is_empty()
-            && s != "."
-            && s != ".."
-            && s.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
+        !s.is_empty() && s != "." && s != ".." && s.chars().all(|c| c.is_ascii_alphanumeric() || "-._".contains(c))
     };
     if !path.split('/').all(ok_segment) {
-        return Err(format!(
-            "{id:?} has an invalid path: segments of A-Z, a-z, 0-9, '-', '.', '_'"
-        ));
+        return Err(format!("{id:?} has an invalid path: segments of A-Z, a-z, 0-9, '-', '.', '_'"));
     }
     Ok(())
 }
 
 fn valid_name(s: &str) -> bool {
-    (1..=63).contains(&s.len())
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
+    (1..=63).contains(&s.len()) && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
 }
 
 fn valid_trust_domain(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 255
-        && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-._".contains(c))
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-._".contains(c))
 }
 
 impl Destination {
@@ -134,10 +89,7 @@ impl Destination {
             Some((a, l)) => (a, Some(l)),
             None => (self.cidr.as_str(), None),
         };
-        let addr: IpAddr = addr
-            .trim()
-            .parse()
-            .map_err(|_| format!("{:?} is not an IP address or CIDR", self.cidr))?;
+        let addr: IpAddr = addr.trim().parse().map_err(|_| format!("{:?} is not an IP address or CIDR", self.cidr))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let len = match len {
             None => max,
@@ -148,11 +100,7 @@ impl Destination {
                 .ok_or_else(|| format!("{:?}: prefix length must be 0-{max}", self.cidr))?,
         };
         if masked(addr, len) != addr {
-            return Err(format!(
-                "{:?} has host bits set; did you mean {}/{len}?",
-                self.cidr,
-                masked(addr, len)
-            ));
+            return Err(format!("{:?} has host bits set; did you mean {}/{len}?", self.cidr, masked(addr, len)));
         }
         let ports = match &self.ports {
             None => (1, u16::MAX),
@@ -165,28 +113,18 @@ impl Destination {
 fn masked(addr: IpAddr, len: u8) -> IpAddr {
     match addr {
         IpAddr::V4(a) => {
-            let m = if len == 0 {
-                0
-            } else {
-                u32::MAX << (32 - u32::from(len))
-            };
+            let m = if len == 0 { 0 } else { u32::MAX << (32 - u32::from(len)) };
             IpAddr::V4((u32::from(a) & m).into())
         }
         IpAddr::V6(a) => {
-            let m = if len == 0 {
-                0
-            } else {
-                u128::MAX << (128 - u32::from(len))
-            };
+            let m = if len == 0 { 0 } else { u128::MAX << (128 - u32::from(len)) };
             IpAddr::V6((u128::from(a) & m).into())
         }
     }
 }
 
 fn parse_ports(p: &str) -> Result<(u16, u16), String> {
-    let bad = || {
-        format!("ports {p:?}: expected a port (80) or an inclusive range (1000-2000) of 1-65535")
-    };
+    let bad = || format!("ports {p:?}: expected a port (80) or an inclusive range (1000-2000) of 1-65535");
     let (lo, hi) = match p.split_once('-') {
         Some((a, b)) => (a.trim(), b.trim()),
         None => (p.trim(), p.trim()),

@@ -58,30 +58,15 @@ impl Datapath {
         let mut ebpf = EbpfLoader::new().load(&bytes).map_err(Error::Load)?;
         for name in [progs::CONNECT4, progs::CONNECT6] {
             let prog: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-            prog.load().map_err(|source| Error::Verifier {
-                program: name,
-                source,
-            })?;
+            prog.load().map_err(|source| Error::Verifier { program: name, source })?;
         }
         let sockops: &mut SockOps = program(&mut ebpf, progs::SOCKOPS)?;
-        sockops.load().map_err(|source| Error::Verifier {
-            program: progs::SOCKOPS,
-            source,
-        })?;
+        sockops.load().map_err(|source| Error::Verifier { program: progs::SOCKOPS, source })?;
         let getsockopt: &mut CgroupSockopt = program(&mut ebpf, progs::GETSOCKOPT)?;
-        getsockopt.load().map_err(|source| Error::Verifier {
-            program: progs::GETSOCKOPT,
-            source,
-        })?;
+        getsockopt.load().map_err(|source| Error::Verifier { program: progs::GETSOCKOPT, source })?;
         let maps = Maps::take(&mut ebpf, &pins)?;
         info!(pins = %pins.root().display(), "eBPF programs loaded");
-        Ok(Self {
-            ebpf,
-            maps,
-            pins,
-            stale,
-            attached: HashMap::new(),
-        })
+        Ok(Self { ebpf, maps, pins, stale, attached: HashMap::new() })
     }
 
     pub fn maps(&mut self) -> &mut Maps {
@@ -97,12 +82,11 @@ impl Datapath {
     pub fn attach_getsockopt(&mut self, cgroup: &Path) -> Result<(), Error> {
         let fd = open_cgroup(cgroup)?;
         let prog: &mut CgroupSockopt = program(&mut self.ebpf, progs::GETSOCKOPT)?;
-        prog.attach(&fd, LINK_MODE)
-            .map_err(|source| Error::Attach {
-                program: progs::GETSOCKOPT,
-                cgroup: cgroup.into(),
-                source,
-            })?;
+        prog.attach(&fd, LINK_MODE).map_err(|source| Error::Attach {
+            program: progs::GETSOCKOPT,
+            cgroup: cgroup.into(),
+            source,
+        })?;
         Ok(())
     }
 
@@ -129,26 +113,16 @@ impl Datapath {
     fn attach_all(&mut self, cgroup: &Path, id: u64) -> Result<Vec<PinnedLink>, Error> {
         let fd = open_cgroup(cgroup)?;
         let mut links = Vec::with_capacity(3);
-        let attach_err = |program, source| Error::Attach {
-            program,
-            cgroup: cgroup.into(),
-            source,
-        };
+        let attach_err = |program, source| Error::Attach { program, cgroup: cgroup.into(), source };
         for name in [progs::CONNECT4, progs::CONNECT6] {
             let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
-            let link_id = prog
-                .attach(&fd, LINK_MODE)
-                .map_err(|e| attach_err(name, e))?;
+            let link_id = prog.attach(&fd, LINK_MODE).map_err(|e| attach_err(name, e))?;
             let link = prog.take_link(link_id).map_err(|e| attach_err(name, e))?;
             links.push(self.pin_link(FdLink::try_from(link), id, name)?);
         }
         let prog: &mut SockOps = program(&mut self.ebpf, progs::SOCKOPS)?;
-        let link_id = prog
-            .attach(&fd, LINK_MODE)
-            .map_err(|e| attach_err(progs::SOCKOPS, e))?;
-        let link = prog
-            .take_link(link_id)
-            .map_err(|e| attach_err(progs::SOCKOPS, e))?;
+        let link_id = prog.attach(&fd, LINK_MODE).map_err(|e| attach_err(progs::SOCKOPS, e))?;
+        let link = prog.take_link(link_id).map_err(|e| attach_err(progs::SOCKOPS, e))?;
         links.push(self.pin_link(FdLink::try_from(link), id, progs::SOCKOPS)?);
         Ok(links)
     }
@@ -160,11 +134,7 @@ impl Datapath {
         name: &'static str,
     ) -> Result<PinnedLink, Error> {
         let path = self.pins.link_path(cgroup_id, name);
-        let pin_err = |detail: String| Error::Pin {
-            what: format!("link of {name}"),
-            path: path.clone(),
-            detail,
-        };
+        let pin_err = |detail: String| Error::Pin { what: format!("link of {name}"), path: path.clone(), detail };
         let link = link.map_err(|e| pin_err(e.to_string()))?;
         link.pin(&path).map_err(|e| pin_err(format!("{e:?}")))
     }
@@ -210,15 +180,9 @@ fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, E
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program>,
 {
-    ebpf.program_mut(name)
-        .and_then(|p| p.try_into().ok())
-        .ok_or(Error::MissingProgram { program: name })
+    ebpf.program_mut(name).and_then(|p| p.try_into().ok()).ok_or(Error::MissingProgram { program: name })
 }
 
 fn open_cgroup(cgroup: &Path) -> Result<File, Error> {
-    File::open(cgroup).map_err(|source| Error::Io {
-        op: "open cgroup",
-        path: cgroup.into(),
-        source,
-    })
+    File::open(cgroup).map_err(|source| Error::Io { op: "open cgroup", path: cgroup.into(), source })
 }

@@ -10,10 +10,7 @@ use aya::{
     maps::{lpm_trie::Key, HashMap, LpmTrie, Map, MapData, PerCpuArray},
     Ebpf,
 };
-use meshd_common::{
-    map_names as names, Event, FlowKey, MeshedPorts, OrigDst, Reason, WorkloadInfo, AF_INET,
-    AF_INET6,
-};
+use meshd_common::{map_names as names, Event, FlowKey, MeshedPorts, OrigDst, Reason, WorkloadInfo, AF_INET, AF_INET6};
 
 use super::{pins::PinDir, Error};
 
@@ -34,16 +31,10 @@ pub struct Counters {
 
 impl Counters {
     pub fn event(&self, e: Event) -> u64 {
-        self.events
-            .iter()
-            .find(|(l, _)| *l == e.label())
-            .map_or(0, |(_, v)| *v)
+        self.events.iter().find(|(l, _)| *l == e.label()).map_or(0, |(_, v)| *v)
     }
     pub fn error(&self, r: Reason) -> u64 {
-        self.errors
-            .iter()
-            .find(|(l, _)| *l == r.label())
-            .map_or(0, |(_, v)| *v)
+        self.errors.iter().find(|(l, _)| *l == r.label()).map_or(0, |(_, v)| *v)
     }
 }
 
@@ -63,19 +54,13 @@ pub struct Maps {
 fn take(ebpf: &mut Ebpf, pins: &PinDir, name: &'static str) -> Result<Map, Error> {
     let map = ebpf.take_map(name).ok_or(Error::MissingMap { map: name })?;
     let path = pins.map_path(name);
-    map.pin(&path).map_err(|e| Error::Pin {
-        what: format!("map {name}"),
-        path,
-        detail: format!("{e:?}"),
-    })?;
+    map.pin(&path).map_err(|e| Error::Pin { what: format!("map {name}"), path, detail: format!("{e:?}") })?;
     Ok(map)
 }
 
 macro_rules! typed {
     ($ebpf:expr, $pins:expr, $name:expr) => {
-        take($ebpf, $pins, $name)?
-            .try_into()
-            .map_err(|source| Error::Map { map: $name, source })?
+        take($ebpf, $pins, $name)?.try_into().map_err(|source| Error::Map { map: $name, source })?
     };
 }
 
@@ -97,21 +82,13 @@ impl Maps {
     }
 
     pub fn enroll(&mut self, cgroup_id: u64, info: WorkloadInfo) -> Result<(), Error> {
-        self.enrolled
-            .insert(cgroup_id, info, 0)
-            .map_err(|source| Error::Map {
-                map: names::ENROLLED,
-                source,
-            })
+        self.enrolled.insert(cgroup_id, info, 0).map_err(|source| Error::Map { map: names::ENROLLED, source })
     }
 
     pub fn unenroll(&mut self, cgroup_id: u64) -> Result<(), Error> {
         match self.enrolled.remove(&cgroup_id) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(source) => Err(Error::Map {
-                map: names::ENROLLED,
-                source,
-            }),
+            Err(source) => Err(Error::Map { map: names::ENROLLED, source }),
         }
     }
 
@@ -119,11 +96,8 @@ impl Maps {
     /// removed, so a prefix present in both sets is never briefly missing.
     pub fn set_prefixes(&mut self, meshed: &[Prefix], excluded: &[Prefix]) -> Result<(), Error> {
         let tag = |p: &Prefix, ex: bool| (ex, *p);
-        let new: HashSet<(bool, Prefix)> = meshed
-            .iter()
-            .map(|p| tag(p, false))
-            .chain(excluded.iter().map(|p| tag(p, true)))
-            .collect();
+        let new: HashSet<(bool, Prefix)> =
+            meshed.iter().map(|p| tag(p, false)).chain(excluded.iter().map(|p| tag(p, true))).collect();
         for (ex, p) in &new {
             self.write_prefix(*ex, p, true)?;
         }
@@ -140,48 +114,21 @@ impl Maps {
     }
 
     fn write_prefix(&mut self, excluded: bool, p: &Prefix, insert: bool) -> Result<(), Error> {
-        let ports = MeshedPorts {
-            port_lo: p.ports.0,
-            port_hi: p.ports.1,
-        };
+        let ports = MeshedPorts { port_lo: p.ports.0, port_hi: p.ports.1 };
         let len = u32::from(p.len);
         let (map, result) = match (p.addr, excluded) {
-            (IpAddr::V4(a), false) => (
-                names::MESHED_V4,
-                upsert(
-                    &mut self.meshed_v4,
-                    Key::new(len, a.octets()),
-                    ports,
-                    insert,
-                ),
-            ),
-            (IpAddr::V4(a), true) => (
-                names::EXCLUDED_V4,
-                upsert(
-                    &mut self.excluded_v4,
-                    Key::new(len, a.octets()),
-                    ports,
-                    insert,
-                ),
-            ),
-            (IpAddr::V6(a), false) => (
-                names::MESHED_V6,
-                upsert(
-                    &mut self.meshed_v6,
-                    Key::new(len, a.octets()),
-                    ports,
-                    insert,
-                ),
-            ),
-            (IpAddr::V6(a), true) => (
-                names::EXCLUDED_V6,
-                upsert(
-                    &mut self.excluded_v6,
-                    Key::new(len, a.octets()),
-                    ports,
-                    insert,
-                ),
-            ),
+            (IpAddr::V4(a), false) => {
+                (names::MESHED_V4, upsert(&mut self.meshed_v4, Key::new(len, a.octets()), ports, insert))
+            }
+            (IpAddr::V4(a), true) => {
+                (names::EXCLUDED_V4, upsert(&mut self.excluded_v4, Key::new(len, a.octets()), ports, insert))
+            }
+            (IpAddr::V6(a), false) => {
+                (names::MESHED_V6, upsert(&mut self.meshed_v6, Key::new(len, a.octets()), ports, insert))
+            }
+            (IpAddr::V6(a), true) => {
+                (names::EXCLUDED_V6, upsert(&mut self.excluded_v6, Key::new(len, a.octets()), ports, insert))
+            }
         };
         result.map_err(|source| Error::Map { map, source })
     }
@@ -204,18 +151,10 @@ impl Maps {
     }
 
     pub fn counters(&self) -> Counters {
-        let sum = |m: &PerCpuArray<MapData, u64>, i: u32| {
-            m.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0)
-        };
+        let sum = |m: &PerCpuArray<MapData, u64>, i: u32| m.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0);
         Counters {
-            errors: Reason::ALL
-                .iter()
-                .map(|r| (r.label(), sum(&self.errors, *r as u32)))
-                .collect(),
-            events: Event::ALL
-                .iter()
-                .map(|e| (e.label(), sum(&self.events, *e as u32)))
-                .collect(),
+            errors: Reason::ALL.iter().map(|r| (r.label(), sum(&self.errors, *r as u32))).collect(),
+            events: Event::ALL.iter().map(|e| (e.label(), sum(&self.events, *e as u32))).collect(),
         }
     }
 }
@@ -242,15 +181,7 @@ pub fn flow_key(netns_cookie: u64, peer: SocketAddr, local: SocketAddr) -> FlowK
         (IpAddr::V4(p), IpAddr::V4(l)) => (AF_INET, v4_words(p), v4_words(l)),
         (p, l) => (AF_INET6, v6_words(to_v6(p)), v6_words(to_v6(l))),
     };
-    FlowKey {
-        netns_cookie,
-        src_addr,
-        dst_addr,
-        src_port: peer.port(),
-        dst_port: local.port(),
-        family,
-        _pad: 0,
-    }
+    FlowKey { netns_cookie, src_addr, dst_addr, src_port: peer.port(), dst_port: local.port(), family, _pad: 0 }
 }
 
 /// The socket address an `OrigDst` describes.
@@ -287,9 +218,7 @@ fn v4_words(ip: Ipv4Addr) -> [u32; 4] {
 
 fn v6_words(ip: Ipv6Addr) -> [u32; 4] {
     let o = ip.octets();
-    std::array::from_fn(|i| {
-        u32::from_ne_bytes([o[i * 4], o[i * 4 + 1], o[i * 4 + 2], o[i * 4 + 3]])
-    })
+    std::array::from_fn(|i| u32::from_ne_bytes([o[i * 4], o[i * 4 + 1], o[i * 4 + 2], o[i * 4 + 3]]))
 }
 
 #[cfg(test)]
@@ -298,60 +227,29 @@ mod tests {
 
     #[test]
     fn v4_flow_keys_hold_network_order_bytes() {
-        let key = flow_key(
-            7,
-            "10.1.2.3:40000".parse().unwrap(),
-            "127.0.0.1:15001".parse().unwrap(),
-        );
+        let key = flow_key(7, "10.1.2.3:40000".parse().unwrap(), "127.0.0.1:15001".parse().unwrap());
         assert_eq!(key.family, AF_INET);
         assert_eq!(key.src_addr[0].to_ne_bytes(), [10, 1, 2, 3]);
         assert_eq!(key.dst_addr[0].to_ne_bytes(), [127, 0, 0, 1]);
-        assert_eq!(
-            (key.src_port, key.dst_port, key.netns_cookie),
-            (40000, 15001, 7)
-        );
+        assert_eq!((key.src_port, key.dst_port, key.netns_cookie), (40000, 15001, 7));
         assert_eq!(&key.src_addr[1..], &[0, 0, 0]);
     }
 
     #[test]
     fn v4_mapped_peers_are_ipv4_flows() {
-        let a = flow_key(
-            1,
-            "[::ffff:10.0.0.1]:5".parse().unwrap(),
-            "[::ffff:127.0.0.1]:6".parse().unwrap(),
-        );
-        let b = flow_key(
-            1,
-            "10.0.0.1:5".parse().unwrap(),
-            "127.0.0.1:6".parse().unwrap(),
-        );
+        let a = flow_key(1, "[::ffff:10.0.0.1]:5".parse().unwrap(), "[::ffff:127.0.0.1]:6".parse().unwrap());
+        let b = flow_key(1, "10.0.0.1:5".parse().unwrap(), "127.0.0.1:6".parse().unwrap());
         assert_eq!(a, b);
     }
 
     #[test]
     fn v6_keys_and_orig_addresses_round_trip() {
-        let key = flow_key(
-            1,
-            "[fd00::1]:5".parse().unwrap(),
-            "[::1]:6".parse().unwrap(),
-        );
+        let key = flow_key(1, "[fd00::1]:5".parse().unwrap(), "[::1]:6".parse().unwrap());
         assert_eq!(key.family, AF_INET6);
-        let orig = OrigDst {
-            addr: key.src_addr,
-            port: 5,
-            family: AF_INET6,
-            workload_id: 0,
-        };
-        assert_eq!(
-            orig_addr(&orig),
-            "[fd00::1]:5".parse::<SocketAddr>().unwrap()
-        );
-        let v4 = OrigDst {
-            addr: [u32::from_ne_bytes([10, 9, 8, 7]), 0, 0, 0],
-            port: 80,
-            family: AF_INET,
-            workload_id: 0,
-        };
+        let orig = OrigDst { addr: key.src_addr, port: 5, family: AF_INET6, workload_id: 0 };
+        assert_eq!(orig_addr(&orig), "[fd00::1]:5".parse::<SocketAddr>().unwrap());
+        let v4 =
+            OrigDst { addr: [u32::from_ne_bytes([10, 9, 8, 7]), 0, 0, 0], port: 80, family: AF_INET, workload_id: 0 };
         assert_eq!(orig_addr(&v4), "10.9.8.7:80".parse::<SocketAddr>().unwrap());
     }
 }

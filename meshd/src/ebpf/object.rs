@@ -17,12 +17,7 @@ pub const MIN_KERNEL: (u32, u32) = (5, 15);
 /// The object bytes: from `path` when given, else the one built into this binary.
 pub fn bytes(path: Option<&Path>) -> Result<Cow<'static, [u8]>, Error> {
     match path {
-        Some(p) => fs::read(p)
-            .map(Cow::Owned)
-            .map_err(|source| Error::ReadObject {
-                path: p.into(),
-                source,
-            }),
+        Some(p) => fs::read(p).map(Cow::Owned).map_err(|source| Error::ReadObject { path: p.into(), source }),
         None if EMBEDDED.is_empty() => Err(Error::NoObject),
         None => Ok(Cow::Borrowed(EMBEDDED)),
     }
@@ -31,11 +26,7 @@ pub fn bytes(path: Option<&Path>) -> Result<Cow<'static, [u8]>, Error> {
 /// Fails unless this process may load and attach BPF programs and enter namespaces.
 pub fn check_privileges() -> Result<(), Error> {
     // CAP_NET_ADMIN (12), CAP_SYS_ADMIN (21), CAP_BPF (39).
-    const NEEDED: [(u32, &str); 3] = [
-        (12, "CAP_NET_ADMIN"),
-        (21, "CAP_SYS_ADMIN"),
-        (39, "CAP_BPF"),
-    ];
+    const NEEDED: [(u32, &str); 3] = [(12, "CAP_NET_ADMIN"), (21, "CAP_SYS_ADMIN"), (39, "CAP_BPF")];
     let status = fs::read_to_string("/proc/self/status").map_err(|source| Error::Io {
         op: "read",
         path: "/proc/self/status".into(),
@@ -46,11 +37,7 @@ pub fn check_privileges() -> Result<(), Error> {
         .find_map(|l| l.strip_prefix("CapEff:"))
         .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         .unwrap_or(0);
-    let missing: Vec<&str> = NEEDED
-        .iter()
-        .filter(|(bit, _)| eff & (1 << bit) == 0)
-        .map(|(_, n)| *n)
-        .collect();
+    let missing: Vec<&str> = NEEDED.iter().filter(|(bit, _)| eff & (1 << bit) == 0).map(|(_, n)| *n).collect();
     if missing.is_empty() {
         Ok(())
     } else {

@@ -38,26 +38,13 @@ impl PinDir {
         let root = bpffs.join("meshd").join(node);
         for sub in ["maps", "links"] {
             let dir = root.join(sub);
-            fs::create_dir_all(&dir).map_err(|source| Error::Io {
-                op: "create pin folder",
-                path: dir,
-                source,
-            })?;
+            fs::create_dir_all(&dir).map_err(|source| Error::Io { op: "create pin folder", path: dir, source })?;
         }
-        let since_epoch = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default();
-        let dir = Self {
-            root,
-            run: format!("{}-{}", std::process::id(), since_epoch.as_millis()),
-        };
+        let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        let dir = Self { root, run: format!("{}-{}", std::process::id(), since_epoch.as_millis()) };
         for path in dir.entries("maps")? {
             warn!(pin = %path.display(), "removing stale map pin from an earlier run");
-            fs::remove_file(&path).map_err(|source| Error::Io {
-                op: "remove stale pin",
-                path,
-                source,
-            })?;
+            fs::remove_file(&path).map_err(|source| Error::Io { op: "remove stale pin", path, source })?;
         }
         let mut stale = StaleLinks::default();
         for path in dir.entries("links")? {
@@ -65,19 +52,12 @@ impl PinDir {
                 Ok(link) => stale.0.push(link),
                 Err(e) => {
                     warn!(pin = %path.display(), error = %e, "removing unreadable stale link pin");
-                    fs::remove_file(&path).map_err(|source| Error::Io {
-                        op: "remove stale pin",
-                        path,
-                        source,
-                    })?;
+                    fs::remove_file(&path).map_err(|source| Error::Io { op: "remove stale pin", path, source })?;
                 }
             }
         }
         if !stale.0.is_empty() {
-            info!(
-                links = stale.0.len(),
-                "adopted links of an earlier run; released once this run has attached"
-            );
+            info!(links = stale.0.len(), "adopted links of an earlier run; released once this run has attached");
         }
         Ok((dir, stale))
     }
@@ -91,25 +71,16 @@ impl PinDir {
     }
 
     pub fn link_path(&self, cgroup_id: u64, program: &str) -> PathBuf {
-        self.root
-            .join("links")
-            .join(format!("{cgroup_id}-{program}-{}", self.run))
+        self.root.join("links").join(format!("{cgroup_id}-{program}-{}", self.run))
     }
 
     fn entries(&self, sub: &str) -> Result<Vec<PathBuf>, Error> {
         let dir = self.root.join(sub);
-        let read = fs::read_dir(&dir).map_err(|source| Error::Io {
-            op: "list pin folder",
-            path: dir.clone(),
-            source,
-        })?;
+        let read =
+            fs::read_dir(&dir).map_err(|source| Error::Io { op: "list pin folder", path: dir.clone(), source })?;
         let mut out = Vec::new();
         for entry in read {
-            let entry = entry.map_err(|source| Error::Io {
-                op: "list pin folder",
-                path: dir.clone(),
-                source,
-            })?;
+            let entry = entry.map_err(|source| Error::Io { op: "list pin folder", path: dir.clone(), source })?;
             out.push(entry.path());
         }
         Ok(out)
@@ -120,11 +91,7 @@ impl PinDir {
         match fs::remove_dir_all(&self.root) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(Error::Io {
-                op: "remove pin folder",
-                path: self.root.clone(),
-                source,
-            }),
+            Err(source) => Err(Error::Io { op: "remove pin folder", path: self.root.clone(), source }),
         }
     }
 }

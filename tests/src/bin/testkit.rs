@@ -69,13 +69,9 @@ enum Cmd {
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Serve { addr, name } => serve(addr, &name),
-        Cmd::Connect {
-            addr,
-            mark,
-            send,
-            bind_port,
-            timeout_secs,
-        } => connect(addr, mark, send, bind_port, timeout_secs),
+        Cmd::Connect { addr, mark, send, bind_port, timeout_secs } => {
+            connect(addr, mark, send, bind_port, timeout_secs)
+        }
         Cmd::Sink { addr } => sink(addr),
         Cmd::Source { addr, bytes, seed } => source(addr, bytes, seed),
         Cmd::Expect { bytes, seed } => {
@@ -94,12 +90,9 @@ fn main() -> Result<()> {
         }
         Cmd::Churn { addr, count } => {
             for i in 0..count {
-                let mut s = TcpStream::connect(addr)
-                    .with_context(|| format!("connection {i} to {addr}"))?;
+                let mut s = TcpStream::connect(addr).with_context(|| format!("connection {i} to {addr}"))?;
                 let mut line = String::new();
-                BufReader::new(&mut s)
-                    .read_line(&mut line)
-                    .with_context(|| format!("read answer {i}"))?;
+                BufReader::new(&mut s).read_line(&mut line).with_context(|| format!("read answer {i}"))?;
                 if line.is_empty() {
                     bail!("connection {i}: server closed without answering");
                 }
@@ -132,26 +125,17 @@ fn connect(
     bind_port: Option<u16>,
     timeout: u64,
 ) -> Result<()> {
-    let sock = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        None,
-    )?;
+    let sock = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, None)?;
     if let Some(m) = mark {
         sock.set_mark(m).context("set SO_MARK")?;
     }
     if let Some(port) = bind_port {
-        let any: SocketAddr = if addr.is_ipv4() {
-            ([0, 0, 0, 0], port).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, port).into()
-        };
+        let any: SocketAddr =
+            if addr.is_ipv4() { ([0, 0, 0, 0], port).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, port).into() };
         sock.set_reuse_address(true)?;
-        sock.bind(&any.into())
-            .with_context(|| format!("bind local port {port}"))?;
+        sock.bind(&any.into()).with_context(|| format!("bind local port {port}"))?;
     }
-    sock.connect_timeout(&addr.into(), Duration::from_secs(timeout))
-        .with_context(|| format!("connect to {addr}"))?;
+    sock.connect_timeout(&addr.into(), Duration::from_secs(timeout)).with_context(|| format!("connect to {addr}"))?;
     let mut s: TcpStream = sock.into();
     s.set_read_timeout(Some(Duration::from_secs(timeout)))?;
     if let Some(text) = send {
@@ -159,8 +143,7 @@ fn connect(
         s.shutdown(Shutdown::Write)?;
     }
     let mut out = String::new();
-    s.read_to_string(&mut out)
-        .with_context(|| format!("read from {addr}"))?;
+    s.read_to_string(&mut out).with_context(|| format!("read from {addr}"))?;
     print!("{out}");
     Ok(())
 }
@@ -204,8 +187,7 @@ fn source(addr: SocketAddr, bytes: u64, seed: u64) -> Result<()> {
     }
     s.shutdown(Shutdown::Write)?;
     let mut out = String::new();
-    s.read_to_string(&mut out)
-        .context("read the sink's answer")?;
+    s.read_to_string(&mut out).context("read the sink's answer")?;
     print!("{out}");
     Ok(())
 }

@@ -7,9 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use meshd::config::{
-    Config, DataPathMode, Destination, DevCaConfig, IdentityConfig, WorkloadConfig,
-};
+use meshd::config::{Config, DataPathMode, Destination, DevCaConfig, IdentityConfig, WorkloadConfig};
 
 use super::{command_in, Cluster, Node, Pod};
 use crate::paths;
@@ -26,11 +24,7 @@ pub struct AgentOptions {
 
 impl Default for AgentOptions {
     fn default() -> Self {
-        Self {
-            data_path: DataPathMode::Auto,
-            log: "info".into(),
-            env: Vec::new(),
-        }
+        Self { data_path: DataPathMode::Auto, log: "info".into(), env: Vec::new() }
     }
 }
 
@@ -52,30 +46,18 @@ impl Agent {
             node: node.agent_name.clone(),
             trust_domain: cluster.trust_domain.clone(),
             ports: Default::default(),
-            admin: meshd::config::Admin {
-                socket: Some(dir.join("admin.sock")),
-                http: None,
-            },
+            admin: meshd::config::Admin { socket: Some(dir.join("admin.sock")), http: None },
             bpffs: "/sys/fs/bpf".into(),
             cgroup_root: None,
             agent_cgroup: Some(node.agent_cgroup.clone()),
             identity: IdentityConfig {
-                dev_ca: Some(DevCaConfig {
-                    dir: cluster.ca_dir(),
-                    svid_ttl: Duration::from_secs(3600),
-                }),
+                dev_ca: Some(DevCaConfig { dir: cluster.ca_dir(), svid_ttl: Duration::from_secs(3600) }),
                 files: None,
             },
             mesh: meshd::config::Mesh {
                 destinations: vec![
-                    Destination {
-                        cidr: "10.100.0.0/16".into(),
-                        ports: None,
-                    },
-                    Destination {
-                        cidr: "fd00:100::/32".into(),
-                        ports: None,
-                    },
+                    Destination { cidr: "10.100.0.0/16".into(), ports: None },
+                    Destination { cidr: "fd00:100::/32".into(), ports: None },
                 ],
                 exclude: Vec::new(),
             },
@@ -100,17 +82,9 @@ impl Agent {
         let dir = node.run_dir().join(format!("agent-{}", node.name));
         std::fs::create_dir_all(&dir).expect("agent dir");
         let config_path = dir.join("meshd.yaml");
-        std::fs::write(
-            &config_path,
-            serde_yaml::to_string(&config).expect("serialize config"),
-        )
-        .expect("write config");
+        std::fs::write(&config_path, serde_yaml::to_string(&config).expect("serialize config")).expect("write config");
         let log_path = dir.join("agent.log");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .expect("open agent log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).expect("open agent log");
         let mut cmd = command_in(&node.netns_path(), &node.agent_cgroup, paths::bin("meshd"));
         cmd.args(["run", "--config"])
             .arg(&config_path)
@@ -122,13 +96,7 @@ impl Agent {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn meshd run");
-        let agent = Self {
-            child: Some(child),
-            node: node.clone(),
-            config,
-            config_path,
-            log_path,
-        };
+        let agent = Self { child: Some(child), node: node.clone(), config, config_path, log_path };
         agent.wait_ready(Duration::from_secs(30));
         agent
     }
@@ -166,13 +134,8 @@ impl Agent {
     }
 
     pub fn status(&self) -> serde_json::Value {
-        self.try_status().unwrap_or_else(|| {
-            panic!(
-                "agent {} does not answer; log:\n{}",
-                self.node.name,
-                self.log_tail(40)
-            )
-        })
+        self.try_status()
+            .unwrap_or_else(|| panic!("agent {} does not answer; log:\n{}", self.node.name, self.log_tail(40)))
     }
 
     /// Runs another `meshd` subcommand against this agent's admin socket.
@@ -202,10 +165,8 @@ impl Agent {
     /// SIGTERM, then wait (SIGKILL after 10 s).
     pub fn stop(&mut self) -> Option<ExitStatus> {
         let mut child = self.child.take()?;
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(10) {
             if let Ok(Some(status)) = child.try_wait() {

@@ -17,8 +17,7 @@ use std::{
 /// cgroup `cgroup`.
 pub fn command_in(netns: &Path, cgroup: &Path, program: impl AsRef<OsStr>) -> Command {
     let ns = File::open(netns).unwrap_or_else(|e| panic!("open netns {}: {e}", netns.display()));
-    let procs = CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes())
-        .expect("cgroup path without NUL");
+    let procs = CString::new(cgroup.join("cgroup.procs").as_os_str().as_bytes()).expect("cgroup path without NUL");
     let mut cmd = Command::new(program);
     // SAFETY: the closure runs between fork and exec and only makes async-signal-safe system
     // calls (open, write, close, setns) on data prepared before the fork.

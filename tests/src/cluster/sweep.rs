@@ -6,19 +6,13 @@ use std::{fs, path::Path, process::Command, thread, time::Duration};
 /// Removes every namespace, cgroup and pin folder of cluster `id`.
 pub fn remove_cluster(id: &str, cgroup_dir: &Path) {
     kill_cgroup_tree(cgroup_dir);
-    for ns in netns_names()
-        .into_iter()
-        .filter(|n| n.starts_with(&format!("{id}-")))
-    {
+    for ns in netns_names().into_iter().filter(|n| n.starts_with(&format!("{id}-"))) {
         let _ = Command::new("ip").args(["netns", "del", &ns]).status();
     }
     for pins in [Path::new("/sys/fs/bpf/meshd")] {
         if let Ok(entries) = fs::read_dir(pins) {
             for e in entries.flatten() {
-                if e.file_name()
-                    .to_string_lossy()
-                    .starts_with(&format!("{id}-"))
-                {
+                if e.file_name().to_string_lossy().starts_with(&format!("{id}-")) {
                     let _ = fs::remove_dir_all(e.path());
                 }
             }
@@ -39,12 +33,7 @@ pub fn stale() {
     if let Ok(root) = meshd::cgroup::cgroup2_root() {
         if let Ok(entries) = fs::read_dir(&root) {
             for e in entries.flatten() {
-                if let Some(id) = e
-                    .file_name()
-                    .to_string_lossy()
-                    .strip_prefix("meshd-")
-                    .and_then(dead)
-                {
+                if let Some(id) = e.file_name().to_string_lossy().strip_prefix("meshd-").and_then(dead) {
                     ids.push(id);
                 }
             }
@@ -60,11 +49,7 @@ pub fn stale() {
 
 fn netns_names() -> Vec<String> {
     fs::read_dir("/var/run/netns")
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
+        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
         .unwrap_or_default()
 }
 
@@ -75,12 +60,7 @@ pub fn kill_cgroup_tree(dir: &Path) {
     }
     let _ = fs::write(dir.join("cgroup.kill"), "1");
     let mut children: Vec<_> = fs::read_dir(dir)
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.path().is_dir())
-                .map(|e| e.path())
-                .collect()
-        })
+        .map(|d| d.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()).collect())
         .unwrap_or_default();
     children.sort();
     for child in children {
