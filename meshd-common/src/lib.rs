@@ -42,6 +42,7 @@ pub mod program_names {
     pub const CONNECT6: &str = "meshd_connect6";
     pub const SOCKOPS: &str = "meshd_sockops";
     pub const GETSOCKOPT: &str = "meshd_getsockopt";
+    pub const ALL: [&str; 4] = [CONNECT4, CONNECT6, SOCKOPS, GETSOCKOPT];
 }
 
 /// Capacity of the per-flow maps. `SOCK_ORIG` is an LRU map: an entry whose connect() never

@@ -17,7 +17,7 @@ pub mod sockopt;
 use std::path::PathBuf;
 
 pub use datapath::{Datapath, DatapathOptions};
-pub use maps::{flow_key, orig_addr, Counters, Prefix};
+pub use maps::{canonical_ip, flow_key, orig_addr, Counters, Prefix};
 pub use sockopt::original_dst;
 
 #[derive(Debug, thiserror::Error)]

@@ -1,1 +1,108 @@
-fn main() {}
+//! `meshd`: parse the command line, then run the agent or talk to it.
+
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use meshd::{
+    admin::{client, Request},
+    cli::{CaCommand, Cli, Command, LogFormat, PolicyCommand},
+    config::{Config, WorkloadConfig},
+};
+
+/// EX_USAGE: the configuration is invalid.
+const EXIT_USAGE: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("meshd: {e:#}");
+            if e.downcast_ref::<meshd::config::Error>().is_some() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init(),
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Run(args) => {
+            let config = Config::load(&args.config)?;
+            let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
+            runtime.block_on(async {
+                let agent = meshd::app::Agent::start(config, args.ebpf_object).await?;
+                agent.serve().await
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::CheckConfig { config } => {
+            let config = Config::load(&config)?;
+            println!("{}", serde_yaml::to_string(&config).context("print the configuration")?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { admin, json } => {
+            let body = call(&admin.socket()?, &Request::Status)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&body)?);
+            } else {
+                print!("{}", meshd::status::render(&body));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Enroll { admin, name, cgroup, netns, spiffe_id, labels } => {
+            let workload = WorkloadConfig { name, cgroup, netns, spiffe_id, labels: labels.into_iter().collect() };
+            let body = call(&admin.socket()?, &Request::Enroll { workload })?;
+            println!("{}", serde_json::to_string(&body)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Unenroll { admin, name } => {
+            let body = call(&admin.socket()?, &Request::Unenroll { name })?;
+            println!("{}", serde_json::to_string(&body)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ca(CaCommand::Init { dir, trust_domain, force }) => {
+            let td = meshd::identity::TrustDomain::new(&trust_domain)?;
+            meshd::identity::DevCa::init(&dir, &td, force)?;
+            println!("development CA for {trust_domain} written to {}", dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ca(CaCommand::Issue { dir, spiffe_id, out, ttl }) => {
+            let ca = meshd::identity::DevCa::load(&dir)?;
+            let id = meshd::identity::SpiffeId::new(&spiffe_id)?;
+            let ttl = meshd::config::parse_duration(&ttl).map_err(anyhow::Error::msg)?;
+            let svid = ca.issue(&id, ttl)?;
+            meshd::identity::write_svid_dir(&out, &svid, &ca.bundle())?;
+            println!("SVID for {spiffe_id} written to {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Policy(PolicyCommand::Apply { admin, file }) => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("read policy {}", file.display()))?;
+            let body = call(&admin.socket()?, &Request::PolicyApply { path: file.display().to_string(), text })?;
+            println!("{}", serde_json::to_string(&body)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn call(socket: &std::path::Path, request: &Request) -> Result<serde_json::Value> {
+    let response = client::call(socket, request)?;
+    if !response.ok {
+        bail!("{}", response.error.unwrap_or_else(|| "the agent refused without a reason".into()));
+    }
+    Ok(response.body)
+}

@@ -42,6 +42,10 @@ pub struct Config {
     /// streams may pause for long).
     #[serde(default, with = "opt_duration")]
     pub idle_timeout: Option<Duration>,
+    /// Records sent under one kernel TLS key before the flow is rekeyed (kernels with TLS 1.3
+    /// KeyUpdate support) or closed (older kernels). Default 2^24, below AES-GCM's limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ktls_record_limit: Option<u64>,
     /// Authorization policy file, applied at start-up.
     #[serde(default)]
     pub policy: Option<PathBuf>,
@@ -173,6 +177,8 @@ pub struct ParsedDestination {
     pub len: u8,
     pub ports: (u16, u16),
 }
+
+pub use duration::parse as parse_duration;
 
 pub(crate) mod duration {
     use std::time::Duration;

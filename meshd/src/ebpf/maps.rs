@@ -177,7 +177,7 @@ fn upsert<K: aya::Pod>(
 
 /// The `ORIG_DST` key of a socket the agent accepted on a capture listener.
 pub fn flow_key(netns_cookie: u64, peer: SocketAddr, local: SocketAddr) -> FlowKey {
-    let (family, src_addr, dst_addr) = match (canonical(peer.ip()), canonical(local.ip())) {
+    let (family, src_addr, dst_addr) = match (canonical_ip(peer.ip()), canonical_ip(local.ip())) {
         (IpAddr::V4(p), IpAddr::V4(l)) => (AF_INET, v4_words(p), v4_words(l)),
         (p, l) => (AF_INET6, v6_words(to_v6(p)), v6_words(to_v6(l))),
     };
@@ -198,7 +198,7 @@ pub fn orig_addr(orig: &OrigDst) -> SocketAddr {
     SocketAddr::new(ip, orig.port)
 }
 
-fn canonical(ip: IpAddr) -> IpAddr {
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
         v4 => v4,

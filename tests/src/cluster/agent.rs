@@ -73,6 +73,7 @@ impl Agent {
                 .collect(),
             data_path: opts.data_path,
             idle_timeout: None,
+            ktls_record_limit: None,
             policy: None,
         }
     }

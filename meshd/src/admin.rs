@@ -1,0 +1,27 @@
+//! The agent's local admin socket: a Unix socket speaking one JSON request and one JSON
+//! response per connection. `meshd status`, `enroll`, `unenroll` and `policy apply` are clients.
+//! Only root can connect (the socket is created mode 0600 in a 0700 folder).
+
+pub mod client;
+pub mod protocol;
+pub mod server;
+
+use std::path::PathBuf;
+
+pub use protocol::{Request, Response};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("connect to the agent's admin socket {path}: {source} (is `meshd run` running on this node?)")]
+    Connect { path: PathBuf, source: std::io::Error },
+    #[error("talk to the agent over {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("the agent's answer over {path} is not valid: {source}")]
+    Decode { path: PathBuf, source: serde_json::Error },
+    #[error("no admin socket given and {found} found under /run/meshd; pass --admin-socket or --node")]
+    Ambiguous { found: String },
+    #[error("bind admin socket {path}: {source}")]
+    Bind { path: PathBuf, source: std::io::Error },
+    #[error("the agent refused: {0}")]
+    Refused(String),
+}

@@ -1,0 +1,161 @@
+//! Enrolling and unenrolling workloads, and their listener loops.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use meshd_common::{WorkloadInfo, AGENT_SOCKET_MARK};
+use tokio::net::TcpListener;
+use tracing::{info, warn};
+
+use super::{Agent, Error};
+use crate::{
+    config::{Config, WorkloadConfig},
+    identity::{CaSource, CaSourceConfig, DevCa, FileSource, FileSourceConfig, IdentitySource, SpiffeId, TrustDomain},
+    netns::{netns_cookie, Netns},
+    workload::Workload,
+};
+
+/// The identity source the configuration names.
+pub fn identity_source(config: &Config, td: &TrustDomain) -> Result<Arc<dyn IdentitySource>, Error> {
+    if let Some(ca) = &config.identity.dev_ca {
+        let dev = DevCa::load(&ca.dir)?;
+        let source = CaSource::start(dev, CaSourceConfig { ttl: ca.svid_ttl, ..CaSourceConfig::default() })?;
+        return Ok(source);
+    }
+    let files = config.identity.files.as_ref().ok_or_else(|| Error::Enroll {
+        name: "-".into(),
+        message: "no identity source configured".into(),
+    })?;
+    let mut identities = Vec::new();
+    for w in &config.workloads {
+        identities.push((SpiffeId::new(&w.spiffe_id)?, files.dir.join(&w.name)));
+    }
+    let source: Arc<dyn IdentitySource> = FileSource::start(FileSourceConfig::new(td.clone(), identities))?;
+    Ok(source)
+}
+
+impl Agent {
+    /// Enrolls a workload: listeners in its namespace first, then its programs.
+    pub async fn enroll(self: &Arc<Self>, cfg: WorkloadConfig) -> Result<Arc<Workload>, Error> {
+        let fail = |message: String| Error::Enroll { name: cfg.name.clone(), message };
+        crate::config::check_spiffe_id(&cfg.spiffe_id, &self.config.trust_domain).map_err(&fail)?;
+        if self.workloads.read().unwrap_or_else(std::sync::PoisonError::into_inner).by_name(&cfg.name).is_some() {
+            return Err(fail("a workload of that name is already enrolled".into()));
+        }
+        let spiffe_id = SpiffeId::new(&cfg.spiffe_id)?;
+        let cgroup = crate::cgroup::resolve(&self.cgroup_root, &cfg.cgroup)?;
+        let cgroup_id = crate::cgroup::cgroup_id(&cgroup)?;
+        let netns = Netns::open(&cfg.netns)?;
+        let client = crate::tls::client_config(Arc::clone(&self.identity), spiffe_id.clone(), self.trust_domain.clone())?;
+        let server = crate::tls::server_config(Arc::clone(&self.identity), spiffe_id.clone(), self.trust_domain.clone())?;
+        let ports = &self.config.ports;
+        let capture4 = netns.listen(SocketAddr::from(([127, 0, 0, 1], ports.capture)), AGENT_SOCKET_MARK)?;
+        let inbound4 = netns.listen(SocketAddr::from(([0, 0, 0, 0], ports.inbound)), AGENT_SOCKET_MARK)?;
+        let capture6 = optional_v6(&netns, &format!("[::1]:{}", ports.capture), &cfg.name);
+        let inbound6 = optional_v6(&netns, &format!("[::]:{}", ports.inbound), &cfg.name);
+        let cookie = netns_cookie(&capture4)?;
+        let ipv6 = capture6.is_some() && inbound6.is_some();
+        let id = self.workloads.write().unwrap_or_else(std::sync::PoisonError::into_inner).next_id();
+        let workload = Arc::new(Workload {
+            id,
+            name: cfg.name.clone(),
+            spiffe_id,
+            labels: cfg.labels.clone(),
+            cgroup: cgroup.clone(),
+            cgroup_id,
+            netns,
+            netns_cookie: cookie,
+            ipv6,
+            client,
+            server,
+            listeners: Default::default(),
+        });
+        let mut handles = Vec::new();
+        for l in [Some(capture4), capture6].into_iter().flatten() {
+            let l = TcpListener::from_std(l).map_err(|e| fail(format!("register capture listener: {e}")))?;
+            handles.push(tokio::spawn(capture_loop(Arc::clone(self), Arc::clone(&workload), l)).abort_handle());
+        }
+        for l in [Some(inbound4), inbound6].into_iter().flatten() {
+            let l = TcpListener::from_std(l).map_err(|e| fail(format!("register inbound listener: {e}")))?;
+            handles.push(tokio::spawn(inbound_loop(Arc::clone(self), Arc::clone(&workload), l)).abort_handle());
+        }
+        *workload.listeners.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = handles;
+        let info = WorkloadInfo {
+            workload_id: id,
+            capture_port: ports.capture,
+            inbound_port: ports.inbound,
+            flags: if ipv6 { meshd_common::maps::WORKLOAD_FLAG_IPV6 } else { 0 },
+            _pad: 0,
+        };
+        let attached = match self.lock_datapath().as_mut() {
+            Some(dp) => dp.enroll(&cgroup, info).map(|_| ()),
+            None => Ok(()),
+        };
+        if let Err(e) = attached {
+            workload.stop_listeners();
+            return Err(e.into());
+        }
+        self.workloads.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(Arc::clone(&workload));
+        info!(workload = %workload.name, spiffe_id = %workload.spiffe_id, cgroup = %cgroup.display(),
+              netns = %cfg.netns.display(), ipv6, "workload enrolled");
+        Ok(workload)
+    }
+
+    /// Unenrolls a workload: its programs are detached first (it connects directly again),
+    /// then its listeners stop. Flows already running go on until they end.
+    pub fn unenroll(&self, name: &str) -> Result<(), Error> {
+        let w = self
+            .workloads
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(name)
+            .ok_or_else(|| Error::NotEnrolled { name: name.into() })?;
+        if let Some(dp) = self.lock_datapath().as_mut() {
+            dp.unenroll(w.cgroup_id)?;
+        }
+        w.stop_listeners();
+        info!(workload = %name, "workload unenrolled");
+        Ok(())
+    }
+}
+
+fn optional_v6(netns: &Netns, addr: &str, name: &str) -> Option<std::net::TcpListener> {
+    let addr: SocketAddr = addr.parse().ok()?;
+    match netns.listen(addr, AGENT_SOCKET_MARK) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            warn!(workload = %name, error = %e, "no IPv6 listener: IPv6 flows of this workload will be refused");
+            None
+        }
+    }
+}
+
+async fn capture_loop(agent: Arc<Agent>, workload: Arc<Workload>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((sock, _)) => {
+                let _ = sock.set_nodelay(true);
+                tokio::spawn(crate::proxy::outbound::handle(Arc::clone(&agent), Arc::clone(&workload), sock, workload.netns_cookie));
+            }
+            Err(e) => accept_failed(&workload, &e).await,
+        }
+    }
+}
+
+async fn inbound_loop(agent: Arc<Agent>, workload: Arc<Workload>, listener: TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((sock, _)) => {
+                let _ = sock.set_nodelay(true);
+                tokio::spawn(crate::proxy::inbound::handle(Arc::clone(&agent), Arc::clone(&workload), sock));
+            }
+            Err(e) => accept_failed(&workload, &e).await,
+        }
+    }
+}
+
+async fn accept_failed(workload: &Workload, e: &std::io::Error) {
+    warn!(workload = %workload.name, error = %e, "accept failed");
+    // Out of file descriptors and the like: back off rather than spin.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+

@@ -1,0 +1,81 @@
+//! The agent's status as stable JSON (`meshd status --json`): programs, workloads, flows,
+//! eBPF counters. Field names are part of the CLI's interface: add, don't rename.
+
+use std::{sync::atomic::Ordering, time::UNIX_EPOCH};
+
+use serde_json::{json, Value};
+
+use super::Agent;
+
+impl Agent {
+    pub fn status(&self) -> Value {
+        let (pins, counters, flow_entries) = match self.lock_datapath().as_mut() {
+            Some(dp) => {
+                let pins = dp.pin_dir().display().to_string();
+                let entries = dp.maps().flow_entries();
+                (Value::String(pins), serde_json::to_value(dp.maps().counters()).unwrap_or_default(), json!(entries))
+            }
+            None => (Value::Null, Value::Null, Value::Null),
+        };
+        let workloads: Vec<Value> = self
+            .workloads()
+            .iter()
+            .map(|w| {
+                let expiry = self.identity.svid(&w.spiffe_id).ok().map(|s| s.not_after.to_string());
+                json!({
+                    "name": w.name,
+                    "spiffe_id": w.spiffe_id.as_str(),
+                    "cgroup": w.cgroup.display().to_string(),
+                    "cgroup_id": w.cgroup_id,
+                    "netns": w.netns.path().display().to_string(),
+                    "ipv6": w.ipv6,
+                    "labels": w.labels,
+                    "svid_not_after": expiry,
+                })
+            })
+            .collect();
+        let flows: Vec<Value> = self
+            .flows
+            .snapshot()
+            .iter()
+            .map(|f| {
+                let secs = f.started.elapsed().as_secs_f64().max(1e-3);
+                let (out, inb) = (f.bytes_out.load(Ordering::Relaxed), f.bytes_in.load(Ordering::Relaxed));
+                json!({
+                    "id": f.id,
+                    "direction": f.direction,
+                    "workload": f.workload,
+                    "local_identity": f.local_identity,
+                    "peer_identity": f.peer_identity.get(),
+                    "destination": f.destination.to_string(),
+                    "peer": f.peer.to_string(),
+                    "data_path": f.data_path.get().map(|p| p.label()),
+                    "bytes_out": out,
+                    "bytes_in": inb,
+                    "duration_seconds": secs,
+                    "rate_out_bps": (out as f64 * 8.0 / secs) as u64,
+                    "rate_in_bps": (inb as f64 * 8.0 / secs) as u64,
+                    "started_unix": f.started_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                })
+            })
+            .collect();
+        json!({
+            "node": self.config.node,
+            "version": env!("CARGO_PKG_VERSION"),
+            "ready": self.is_ready(),
+            "trust_domain": self.trust_domain.as_str(),
+            "data_path": {
+                "mode": self.config.data_path,
+                "ktls_available": self.ktls.available,
+                "ktls_rekey": self.ktls.rekey,
+                "ktls_detail": self.ktls.detail,
+                "new_flows": if self.use_ktls() { "ktls" } else { "userspace" },
+            },
+            "pins": pins,
+            "programs": meshd_common::program_names::ALL,
+            "workloads": workloads,
+            "flows": flows,
+            "ebpf": { "counters": counters, "flow_entries": flow_entries },
+        })
+    }
+}
