@@ -1,1 +1,3 @@
 //! meshd agent library.
+
+pub mod identity;

@@ -1,0 +1,82 @@
+//! Reading and writing the PEM files of CAs and SVIDs, with errors naming the file.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use super::Error;
+
+/// Reads a whole file.
+pub(crate) fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, Error> {
+    fs::read(path).map_err(|source| Error::Read {
+        what,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Parses every `CERTIFICATE` block of `pem` (read from `path`); there must be at least one.
+pub(crate) fn certs(
+    what: &'static str,
+    path: &Path,
+    pem: &[u8],
+) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let bad = |reason: String| Error::BadFile {
+        what,
+        path: path.to_owned(),
+        reason,
+    };
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| bad(format!("invalid PEM: {e}")))?;
+    if certs.is_empty() {
+        return Err(bad("no CERTIFICATE block".to_owned()));
+    }
+    Ok(certs)
+}
+
+/// Parses the first private key block (PKCS#8, SEC1 or PKCS#1) of `pem` (read from `path`).
+pub(crate) fn key(
+    what: &'static str,
+    path: &Path,
+    pem: &[u8],
+) -> Result<PrivateKeyDer<'static>, Error> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| Error::BadFile {
+        what,
+        path: path.to_owned(),
+        reason: format!("no usable private key: {e}"),
+    })
+}
+
+/// Writes `contents` to `path` with permission bits `mode`, replacing any existing file
+/// only when `overwrite` is set.
+pub(crate) fn write(
+    what: &'static str,
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    overwrite: bool,
+) -> Result<(), Error> {
+    let err = |source| Error::Write {
+        what,
+        path: path.to_owned(),
+        source,
+    };
+    let mut options = fs::OpenOptions::new();
+    options.write(true).mode(mode);
+    if overwrite {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let mut file = options.open(path).map_err(err)?;
+    // `mode` only applies to newly created files; enforce it on overwritten ones too.
+    file.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(err)?;
+    file.write_all(contents).map_err(err)?;
+    file.sync_all().map_err(err)
+}
