@@ -3,7 +3,9 @@
 //! namespace), and record the original destination under the socket cookie.
 
 use aya_ebpf::{
-    helpers::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_socket_cookie},
+    helpers::{
+        bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_socket_cookie,
+    },
     programs::SockAddrContext,
     EbpfContext,
 };
@@ -13,7 +15,10 @@ use meshd_common::{
 };
 
 use crate::{
-    maps::{count_event, prefix_has_port, ENROLLED, EXCLUDED_V4, EXCLUDED_V6, MESHED_V4, MESHED_V6, SOCK_ORIG},
+    maps::{
+        count_event, prefix_has_port, ENROLLED, EXCLUDED_V4, EXCLUDED_V6, MESHED_V4, MESHED_V6,
+        SOCK_ORIG,
+    },
     ALLOW,
 };
 
@@ -74,14 +79,21 @@ fn workload_for(ctx: &SockAddrContext) -> Result<Option<WorkloadInfo>, Reason> {
 
 #[inline(always)]
 fn port_is_excluded(port: u16, info: &WorkloadInfo) -> bool {
-    port == 0 || port == info.capture_port || port == info.inbound_port || ALWAYS_DIRECT_PORTS.contains(&port)
+    port == 0
+        || port == info.capture_port
+        || port == info.inbound_port
+        || ALWAYS_DIRECT_PORTS.contains(&port)
 }
 
 /// Decides for an IPv4 destination (`ip` in network-order bytes): `true` to redirect.
 #[inline(always)]
 fn meshed_v4(ip: u32, port: u16, info: &WorkloadInfo) -> bool {
     let bytes = ip.to_ne_bytes();
-    if bytes[0] == 127 || ip == 0 || port_is_excluded(port, info) || prefix_has_port(&EXCLUDED_V4, bytes, port) {
+    if bytes[0] == 127
+        || ip == 0
+        || port_is_excluded(port, info)
+        || prefix_has_port(&EXCLUDED_V4, bytes, port)
+    {
         count_event(Event::Excluded);
         return false;
     }
@@ -96,7 +108,9 @@ fn meshed_v4(ip: u32, port: u16, info: &WorkloadInfo) -> bool {
 fn record(ctx: &SockAddrContext, orig: &OrigDst) -> Result<(), Reason> {
     // SAFETY: helper valid for sock_addr contexts.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    SOCK_ORIG.insert(cookie, orig, 0).map_err(|_| Reason::ConnectRecordOrig)?;
+    SOCK_ORIG
+        .insert(cookie, orig, 0)
+        .map_err(|_| Reason::ConnectRecordOrig)?;
     count_event(Event::Redirected);
     Ok(())
 }
@@ -111,7 +125,12 @@ pub fn try_connect4(ctx: &SockAddrContext) -> Result<i32, Reason> {
     if !meshed_v4(ip, port, &info) {
         return Ok(ALLOW);
     }
-    let orig = OrigDst { addr: [ip, 0, 0, 0], port, family: AF_INET, workload_id: info.workload_id };
+    let orig = OrigDst {
+        addr: [ip, 0, 0, 0],
+        port,
+        family: AF_INET,
+        workload_id: info.workload_id,
+    };
     record(ctx, &orig)?;
     // SAFETY: valid context; connect4 may rewrite user_ip4 and user_port.
     unsafe {
@@ -129,7 +148,12 @@ pub fn try_connect6(ctx: &SockAddrContext) -> Result<i32, Reason> {
     // SAFETY: valid context; user_ip6 is readable word by word in connect6.
     let (ip, port) = unsafe {
         (
-            [(*sa).user_ip6[0], (*sa).user_ip6[1], (*sa).user_ip6[2], (*sa).user_ip6[3]],
+            [
+                (*sa).user_ip6[0],
+                (*sa).user_ip6[1],
+                (*sa).user_ip6[2],
+                (*sa).user_ip6[3],
+            ],
             u16::from_be((*sa).user_port as u16),
         )
     };
@@ -138,7 +162,12 @@ pub fn try_connect6(ctx: &SockAddrContext) -> Result<i32, Reason> {
         if !meshed_v4(ip[3], port, &info) {
             return Ok(ALLOW);
         }
-        let orig = OrigDst { addr: [ip[3], 0, 0, 0], port, family: AF_INET, workload_id: info.workload_id };
+        let orig = OrigDst {
+            addr: [ip[3], 0, 0, 0],
+            port,
+            family: AF_INET,
+            workload_id: info.workload_id,
+        };
         record(ctx, &orig)?;
         // SAFETY: valid context; connect6 may rewrite user_ip6 and user_port.
         unsafe {
@@ -161,7 +190,12 @@ pub fn try_connect6(ctx: &SockAddrContext) -> Result<i32, Reason> {
         count_event(Event::Direct);
         return Ok(ALLOW);
     }
-    let orig = OrigDst { addr: ip, port, family: AF_INET6, workload_id: info.workload_id };
+    let orig = OrigDst {
+        addr: ip,
+        port,
+        family: AF_INET6,
+        workload_id: info.workload_id,
+    };
     record(ctx, &orig)?;
     // SAFETY: valid context; connect6 may rewrite user_ip6 and user_port.
     unsafe {
@@ -176,6 +210,14 @@ pub fn try_connect6(ctx: &SockAddrContext) -> Result<i32, Reason> {
 
 #[inline(always)]
 fn words_to_bytes(w: [u32; 4]) -> [u8; 16] {
-    let (a, b, c, d) = (w[0].to_ne_bytes(), w[1].to_ne_bytes(), w[2].to_ne_bytes(), w[3].to_ne_bytes());
-    [a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2], d[3]]
+    let (a, b, c, d) = (
+        w[0].to_ne_bytes(),
+        w[1].to_ne_bytes(),
+        w[2].to_ne_bytes(),
+        w[3].to_ne_bytes(),
+    );
+    [
+        a[0], a[1], a[2], a[3], b[0], b[1], b[2], b[3], c[0], c[1], c[2], c[3], d[0], d[1], d[2],
+        d[3],
+    ]
 }

@@ -49,8 +49,18 @@ pub fn try_getsockopt(ctx: &SockoptContext) -> Result<i32, Reason> {
             key.dst_addr[0] = (*sk).src_ip4;
         } else {
             key.family = AF_INET6;
-            key.src_addr = [(*sk).dst_ip6[0], (*sk).dst_ip6[1], (*sk).dst_ip6[2], (*sk).dst_ip6[3]];
-            key.dst_addr = [(*sk).src_ip6[0], (*sk).src_ip6[1], (*sk).src_ip6[2], (*sk).src_ip6[3]];
+            key.src_addr = [
+                (*sk).dst_ip6[0],
+                (*sk).dst_ip6[1],
+                (*sk).dst_ip6[2],
+                (*sk).dst_ip6[3],
+            ];
+            key.dst_addr = [
+                (*sk).src_ip6[0],
+                (*sk).src_ip6[1],
+                (*sk).src_ip6[2],
+                (*sk).src_ip6[3],
+            ];
         }
         key
     };
@@ -64,7 +74,11 @@ pub fn try_getsockopt(ctx: &SockoptContext) -> Result<i32, Reason> {
     unsafe {
         let start = (*so).__bindgen_anon_2.optval as *mut u8;
         let end = (*so).__bindgen_anon_3.optval_end as *mut u8;
-        let len = if orig.family == AF_INET { SOCKADDR_IN_LEN } else { SOCKADDR_IN6_LEN };
+        let len = if orig.family == AF_INET {
+            SOCKADDR_IN_LEN
+        } else {
+            SOCKADDR_IN6_LEN
+        };
         if start.add(len) > end {
             return Err(Reason::GetsockoptShortBuffer);
         }

@@ -43,9 +43,12 @@ fn established(ctx: &SockOpsContext) -> Result<(), Reason> {
     let Some(key) = flow_key(ctx) else {
         return Ok(());
     };
-    ORIG_DST.insert(&key, &orig, 0).map_err(|_| Reason::SockopsRecordFlow)?;
+    ORIG_DST
+        .insert(&key, &orig, 0)
+        .map_err(|_| Reason::SockopsRecordFlow)?;
     count_event(Event::FlowRecorded);
-    ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG).map_err(|_| Reason::SockopsCbFlags)?;
+    ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG)
+        .map_err(|_| Reason::SockopsCbFlags)?;
     Ok(())
 }
 
@@ -57,7 +60,12 @@ fn flow_key(ctx: &SockOpsContext) -> Option<FlowKey> {
     let src_port = ctx.local_port() as u16;
     // remote_port holds the network-order port shifted into the upper half (little endian).
     let dst_port = u16::from_be((ctx.remote_port() >> 16) as u16);
-    let mut key = FlowKey { netns_cookie, src_port, dst_port, ..FlowKey::default() };
+    let mut key = FlowKey {
+        netns_cookie,
+        src_port,
+        dst_port,
+        ..FlowKey::default()
+    };
     match ctx.family() {
         2 => {
             key.family = AF_INET;

@@ -1,3 +1,4 @@
 //! meshd agent library.
 
 pub mod identity;
+pub mod tls;

@@ -29,3 +29,87 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// PEM-encodes DER blocks with the given label (e.g. "CERTIFICATE", "PRIVATE KEY").
+pub(crate) fn pem_encode<'a>(label: &str, blocks: impl IntoIterator<Item = &'a [u8]>) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for der in blocks {
+        let mut b64 = String::new();
+        for chunk in der.chunks(3) {
+            let n = chunk.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b))
+                << (8 * (3 - chunk.len()));
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    b64.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                } else {
+                    b64.push('=');
+                }
+            }
+        }
+        out.push_str(&format!("-----BEGIN {label}-----\n"));
+        for line in b64.as_bytes().chunks(64) {
+            out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+            out.push('\n');
+        }
+        out.push_str(&format!("-----END {label}-----\n"));
+    }
+    out
+}
+
+/// The three PEM files of an identity directory.
+pub(crate) struct SvidFiles {
+    pub(crate) cert: String,
+    pub(crate) key: String,
+    pub(crate) bundle: String,
+}
+
+impl SvidFiles {
+    /// PEM files for `svid`, trusting `roots`.
+    pub(crate) fn new(svid: &super::Svid, roots: &[rustls_pki_types::CertificateDer<'_>]) -> Self {
+        Self {
+            cert: pem_encode("CERTIFICATE", svid.cert_chain.iter().map(|c| c.as_ref())),
+            key: pem_encode("PRIVATE KEY", [svid.key.secret_der()]),
+            bundle: pem_encode("CERTIFICATE", roots.iter().map(|c| c.as_ref())),
+        }
+    }
+}
+
+/// An identity directory updated the way Kubernetes atomic writers do: each generation in its
+/// own `..<gen>` directory, published by renaming a new `..data` symlink over the old one;
+/// `tls.crt`, `tls.key` and `ca.crt` are symlinks through `..data`.
+pub(crate) struct KubeDir {
+    dir: PathBuf,
+    generation: u32,
+}
+
+impl KubeDir {
+    /// Publishes `files` as the first generation in `dir`.
+    pub(crate) fn create(dir: &Path, files: &SvidFiles) -> Self {
+        let mut kube = Self {
+            dir: dir.to_owned(),
+            generation: 0,
+        };
+        kube.publish(files);
+        for name in ["tls.crt", "tls.key", "ca.crt"] {
+            std::os::unix::fs::symlink(format!("..data/{name}"), dir.join(name)).expect("link");
+        }
+        kube
+    }
+
+    /// Atomically replaces the published files, then removes the previous generation.
+    pub(crate) fn publish(&mut self, files: &SvidFiles) {
+        let old = self.dir.join(format!("..gen_{}", self.generation));
+        self.generation += 1;
+        let name = format!("..gen_{}", self.generation);
+        let new = self.dir.join(&name);
+        std::fs::create_dir(&new).expect("create generation dir");
+        std::fs::write(new.join("tls.crt"), &files.cert).expect("write tls.crt");
+        std::fs::write(new.join("tls.key"), &files.key).expect("write tls.key");
+        std::fs::write(new.join("ca.crt"), &files.bundle).expect("write ca.crt");
+        let tmp = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&name, &tmp).expect("link ..data_tmp");
+        std::fs::rename(&tmp, self.dir.join("..data")).expect("swap ..data");
+        let _ = std::fs::remove_dir_all(old);
+    }
+}
