@@ -52,7 +52,7 @@ pub enum Error {
         /// The local identity.
         local: SpiffeId,
         /// Why the source could not provide it.
-        source: identity::Error,
+        source: Box<identity::Error>,
     },
     /// The local identity is outside the configured trust domain.
     #[error("build TLS {side} config for {local}: not in trust domain {trust_domain}")]
@@ -182,7 +182,7 @@ fn check_local(
         .map_err(|source| Error::LocalSvid {
             side,
             local: local.clone(),
-            source,
+            source: Box::new(source),
         })
 }
 

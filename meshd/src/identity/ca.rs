@@ -129,10 +129,17 @@ impl DevCa {
         params
             .distinguished_name
             .push(DnType::OrganizationName, "meshd");
-        params.distinguished_name.push(
-            DnType::CommonName,
-            format!("meshd development CA {trust_domain}"),
-        );
+        // A name unique to this CA (from its key): path building matches issuers by name, and
+        // two dev CAs sharing a name would turn "unknown issuer" into "bad signature".
+        let key_id: String = params
+            .key_identifier(&key)
+            .iter()
+            .take(6)
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("meshd development CA {key_id}"));
         params.subject_alt_names = vec![san_uri(&trust_domain.uri()).map_err(rcgen_err)?];
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];

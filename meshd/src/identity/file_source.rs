@@ -7,19 +7,19 @@
 //! load never mixes two generations.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use notify::{RecommendedWatcher, RecursiveMode, Watcher};
-use rustls_pki_types::CertificateDer;
-use time::OffsetDateTime;
 use tokio::sync::{watch, Notify};
 use tokio::task::AbortHandle;
 
-use super::{
-    pem, spawn_background, Error, IdentitySource, SpiffeId, Svid, TrustBundle, TrustDomain,
-};
+use super::{spawn_background, Error, IdentitySource, SpiffeId, Svid, TrustBundle, TrustDomain};
+
+mod load;
+
+use load::{load, read_snapshot, union_bundle, Loaded};
 
 /// The leaf certificate (+ intermediates) file in an identity directory.
 pub const CERT_FILE: &str = "tls.crt";
@@ -82,21 +82,6 @@ struct State {
     bundle: Arc<TrustBundle>,
     /// Last error logged per identity, so a persistent problem is logged once.
     last_error: HashMap<SpiffeId, String>,
-}
-
-/// The raw bytes of one directory's files, as read together.
-#[derive(PartialEq, Eq)]
-struct Snapshot {
-    base: PathBuf,
-    cert: Vec<u8>,
-    key: Vec<u8>,
-    bundle: Vec<u8>,
-}
-
-struct Loaded {
-    snapshot: Snapshot,
-    svid: Arc<Svid>,
-    roots: Vec<CertificateDer<'static>>,
 }
 
 impl FileSource {
@@ -228,80 +213,6 @@ fn validate(config: &FileSourceConfig) -> Result<(), Error> {
         }
     }
     Ok(())
-}
-
-/// Reads the three files of `dir` together, through `..data` when it exists.
-fn read_snapshot(dir: &Path) -> Result<Snapshot, Error> {
-    let link = dir.join(DATA_LINK);
-    let base = if link.symlink_metadata().is_ok() {
-        link.canonicalize().map_err(|source| Error::Read {
-            what: "identity data link",
-            path: link.clone(),
-            source,
-        })?
-    } else {
-        dir.to_owned()
-    };
-    Ok(Snapshot {
-        cert: pem::read("SVID certificate", &base.join(CERT_FILE))?,
-        key: pem::read("SVID private key", &base.join(KEY_FILE))?,
-        bundle: pem::read("trust bundle", &base.join(BUNDLE_FILE))?,
-        base,
-    })
-}
-
-/// Parses and checks a snapshot for identity `id`.
-fn load(id: &SpiffeId, snapshot: Snapshot) -> Result<Loaded, Error> {
-    let cert_path = snapshot.base.join(CERT_FILE);
-    let key_path = snapshot.base.join(KEY_FILE);
-    let chain = pem::certs("SVID certificate", &cert_path, &snapshot.cert)?;
-    let key = pem::key("SVID private key", &key_path, &snapshot.key)?;
-    let roots = pem::certs(
-        "trust bundle",
-        &snapshot.base.join(BUNDLE_FILE),
-        &snapshot.bundle,
-    )?;
-    let bad_cert = |reason: String| Error::BadFile {
-        what: "SVID certificate",
-        path: cert_path.clone(),
-        reason,
-    };
-    let svid = Svid::from_parts(chain, key)
-        .map_err(|reason| bad_cert(format!("{reason} (key {})", key_path.display())))?;
-    if &svid.spiffe_id != id {
-        return Err(bad_cert(format!(
-            "holds SPIFFE ID {} but the directory is configured for {id}",
-            svid.spiffe_id
-        )));
-    }
-    if svid.not_after <= OffsetDateTime::now_utc() {
-        return Err(bad_cert(format!("expired at {}", svid.not_after)));
-    }
-    Ok(Loaded {
-        snapshot,
-        svid: Arc::new(svid),
-        roots,
-    })
-}
-
-/// The union of all directories' roots, in directory order, without duplicates.
-fn union_bundle(
-    td: &TrustDomain,
-    dirs: &[(SpiffeId, PathBuf)],
-    loaded: &HashMap<SpiffeId, Loaded>,
-) -> TrustBundle {
-    let mut roots: Vec<CertificateDer<'static>> = Vec::new();
-    for loaded in dirs.iter().filter_map(|(id, _)| loaded.get(id)) {
-        for root in &loaded.roots {
-            if !roots.contains(root) {
-                roots.push(root.clone());
-            }
-        }
-    }
-    TrustBundle {
-        trust_domain: td.clone(),
-        roots,
-    }
 }
 
 fn watch_dirs(inner: &Inner) -> Result<RecommendedWatcher, Error> {

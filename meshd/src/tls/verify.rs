@@ -8,19 +8,26 @@
 use std::fmt;
 use std::sync::Arc;
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::danger::HandshakeSignatureValid;
 use rustls::crypto::CryptoProvider;
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, OtherError};
+use rustls::{CertificateError, DigitallySignedStruct, OtherError};
 use rustls::{Error as TlsError, SignatureScheme};
-use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, UnixTime};
 use time::OffsetDateTime;
 
 use crate::identity::{self, CertInfo, IdentitySource, SpiffeId, TrustDomain};
 
+mod danger;
+
+pub(crate) use danger::{ClientSvidVerifier, ServerSvidVerifier};
+
 /// Why a peer certificate was rejected. Carried inside the rustls error
 /// (`CertificateError::Other`), so it appears in the handshake error message.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` prints the same sentence as `Display`, because rustls formats
+/// `CertificateError::Other` with `Debug`: the message then reads
+/// "invalid peer certificate: Other(OtherError(peer certificate has 2 URI SANs; ...))".
+#[derive(thiserror::Error)]
 pub enum VerifyError {
     /// The certificate is not parseable DER X.509.
     #[error("peer certificate is malformed: {0}")]
@@ -83,6 +90,12 @@ pub enum VerifyError {
         /// The rustls-webpki error (e.g. UnknownIssuer, BadSignature).
         reason: webpki::Error,
     },
+}
+
+impl fmt::Debug for VerifyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
 }
 
 /// Which side the peer certificate authenticates, i.e. which EKU it needs.
@@ -265,111 +278,11 @@ fn check_leaf(
     Ok(id)
 }
 
-/// Client-side verifier of server SVIDs. DNS server names are ignored: SPIFFE identifies
-/// workloads by URI SAN, and the caller authorizes the SPIFFE ID after the handshake.
-pub(crate) struct ServerSvidVerifier(pub(crate) SvidVerifier);
-
-impl ServerCertVerifier for ServerSvidVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, TlsError> {
-        self.0
-            .verify_for_rustls(end_entity, intermediates, now, PeerRole::Server)?;
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        self.0.tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        self.0.tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.schemes()
-    }
-}
-
-/// Server-side verifier of client SVIDs; client authentication is mandatory.
-pub(crate) struct ClientSvidVerifier(pub(crate) SvidVerifier);
-
-impl ClientCertVerifier for ClientSvidVerifier {
-    fn client_auth_mandatory(&self) -> bool {
-        true
-    }
-
-    /// No CA name hints: the bundle can change at any time and clients have one SVID anyway.
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, TlsError> {
-        self.0
-            .verify_for_rustls(end_entity, intermediates, now, PeerRole::Client)?;
-        Ok(ClientCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        self.0.tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, TlsError> {
-        self.0.tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.schemes()
-    }
-}
-
 impl fmt::Debug for SvidVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SvidVerifier")
             .field("trust_domain", &self.trust_domain.as_str())
             .finish_non_exhaustive()
-    }
-}
-
-impl fmt::Debug for ServerSvidVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("ServerSvidVerifier").field(&self.0).finish()
-    }
-}
-
-impl fmt::Debug for ClientSvidVerifier {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("ClientSvidVerifier").field(&self.0).finish()
     }
 }
 

@@ -48,7 +48,10 @@ impl Fixture {
 async fn wait_for_serial(source: &FileSource, id: &SpiffeId, serial: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while source.svid(id).unwrap().serial != serial {
-        assert!(tokio::time::Instant::now() < deadline, "SVID {serial} never loaded");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "SVID {serial} never loaded"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -64,7 +67,10 @@ async fn loads_svid_and_bundle() {
     assert_eq!(served.cert_chain, svid.cert_chain);
     assert_eq!(source.bundle().roots, vec![fx.ca.certificate().clone()]);
     let other = SpiffeId::new("spiffe://example.org/other").unwrap();
-    assert!(matches!(source.svid(&other), Err(Error::UnknownIdentity { .. })));
+    assert!(matches!(
+        source.svid(&other),
+        Err(Error::UnknownIdentity { .. })
+    ));
 }
 
 #[tokio::test]
@@ -74,8 +80,14 @@ async fn start_rejects_a_directory_holding_another_identity() {
     KubeDir::create(&fx.id_dir, &files);
     let mut config = fx.config(Duration::from_secs(5), false);
     config.identities[0].0 = SpiffeId::new("spiffe://example.org/someone-else").unwrap();
-    let msg = FileSource::start(config).err().expect("mismatch rejected").to_string();
-    assert!(msg.contains("tls.crt") && msg.contains("configured for"), "{msg}");
+    let msg = FileSource::start(config)
+        .err()
+        .expect("mismatch rejected")
+        .to_string();
+    assert!(
+        msg.contains("tls.crt") && msg.contains("configured for"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]
@@ -143,7 +155,11 @@ async fn broken_updates_keep_the_previous_svid() {
         kube.publish(update);
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert_eq!(source.svid(&fx.id).unwrap().serial, first.serial);
-        assert_eq!(*changes.borrow(), 0, "a broken update bumped the change counter");
+        assert_eq!(
+            *changes.borrow(),
+            0,
+            "a broken update bumped the change counter"
+        );
         assert_eq!(source.bundle().roots.len(), 1);
     }
     // A later good update still applies: the source kept watching.
@@ -197,8 +213,14 @@ fn load_errors_name_the_file_and_the_reason() {
         KubeDir::create(&dir, update);
         let err = read_snapshot(&dir).and_then(|s| load(&fx.id, s)).err();
         let msg = err.expect("broken files rejected").to_string();
-        assert!(msg.contains(file) && msg.contains(reason), "case {i}: {msg}");
+        assert!(
+            msg.contains(file) && msg.contains(reason),
+            "case {i}: {msg}"
+        );
     }
-    let missing = read_snapshot(&fx.id_dir.join("nowhere")).err().unwrap().to_string();
+    let missing = read_snapshot(&fx.id_dir.join("nowhere"))
+        .err()
+        .unwrap()
+        .to_string();
     assert!(missing.starts_with("read SVID certificate ") && missing.contains("tls.crt"));
 }
