@@ -160,7 +160,7 @@ impl CertInfo {
     }
 
     /// The SPIFFE ID in the certificate's single URI SAN; the error is the reason it has none.
-    pub fn spiffe_id(&self) -> Result<SpiffeId, String> {
+    pub(crate) fn spiffe_id(&self) -> Result<SpiffeId, String> {
         match self.uri_sans.as_slice() {
             [uri] => SpiffeId::new(uri).map_err(|e| e.to_string()),
             sans => Err(format!(

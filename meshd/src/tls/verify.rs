@@ -188,11 +188,11 @@ impl SvidVerifier {
     ) -> Result<(), TlsError> {
         match self.verify(end_entity, intermediates, now, role) {
             Ok(id) => {
-                tracing::debug!(spiffe_id = %id, ?role, "verified peer SVID");
+                tracing::debug!(spiffe_id = %id, peer_role = ?role, "verified peer SVID");
                 Ok(())
             }
             Err(e) => {
-                tracing::warn!(reason = %e, ?role, "rejected peer certificate");
+                tracing::warn!(reason = %e, peer_role = ?role, "rejected peer certificate");
                 Err(TlsError::InvalidCertificate(CertificateError::Other(
                     OtherError(Arc::new(e)),
                 )))

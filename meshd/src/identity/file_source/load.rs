@@ -13,12 +13,14 @@ use crate::identity::{pem, Error, SpiffeId, Svid, TrustBundle, TrustDomain};
 /// The raw bytes of one directory's files, as read together.
 #[derive(PartialEq, Eq)]
 pub(super) struct Snapshot {
-    base: PathBuf,
-    cert: Vec<u8>,
-    key: Vec<u8>,
-    bundle: Vec<u8>,
+    /// The directory the files were read from (the resolved `..data` target if any).
+    pub(super) base: PathBuf,
+    pub(super) cert: Vec<u8>,
+    pub(super) key: Vec<u8>,
+    pub(super) bundle: Vec<u8>,
 }
 
+/// A checked snapshot: the SVID and roots it holds.
 pub(super) struct Loaded {
     pub(super) snapshot: Snapshot,
     pub(super) svid: Arc<Svid>,

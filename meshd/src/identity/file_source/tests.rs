@@ -224,3 +224,29 @@ fn load_errors_name_the_file_and_the_reason() {
         .to_string();
     assert!(missing.starts_with("read SVID certificate ") && missing.contains("tls.crt"));
 }
+
+#[test]
+fn snapshots_are_read_through_the_resolved_data_link() {
+    // All three files come from one generation directory, so a `..data` swap between two
+    // reads cannot mix generations.
+    let fx = fixture("filesource-datalink");
+    let (_, files) = fx.files();
+    let mut kube = KubeDir::create(&fx.id_dir, &files);
+    let (_, second) = fx.files();
+    kube.publish(&second);
+    let snapshot = read_snapshot(&fx.id_dir).unwrap();
+    let current = fx.id_dir.join("..gen_2").canonicalize().unwrap();
+    assert_eq!(snapshot.base, current);
+    assert_eq!(snapshot.cert, second.cert.as_bytes());
+    // Without `..data`, the directory itself is read.
+    let plain = fx.id_dir.join("plain");
+    std::fs::create_dir(&plain).unwrap();
+    for (name, body) in [
+        ("tls.crt", &second.cert),
+        ("tls.key", &second.key),
+        ("ca.crt", &second.bundle),
+    ] {
+        std::fs::write(plain.join(name), body).unwrap();
+    }
+    assert_eq!(read_snapshot(&plain).unwrap().base, plain);
+}
