@@ -84,7 +84,10 @@ impl Agent {
         let ktls = crate::proxy::ktls::probe();
         match (config.data_path, ktls.available) {
             (DataPathMode::Ktls, false) => return Err(Error::KtlsRequired(ktls.detail)),
-            (DataPathMode::Auto, false) => warn!(reason = %ktls.detail, "kernel TLS unavailable: flows use the userspace (rustls) data path"),
+            (DataPathMode::Auto, false) => {
+                warn!(reason = %ktls.detail, "kernel TLS unavailable: flows use the userspace (rustls) data path")
+            }
+            (DataPathMode::Userspace, false) => info!(reason = %ktls.detail, "kernel TLS unavailable"),
             (_, true) => info!(rekey = ktls.rekey, "kernel TLS available"),
         }
         let mut datapath = Datapath::load(&DatapathOptions {
@@ -130,8 +133,10 @@ impl Agent {
         let listener = crate::admin::server::bind(&path)?;
         let admin = tokio::spawn(crate::admin::server::serve(listener, path.clone(), Arc::clone(&self)));
         info!(node = %self.config.node, admin = %path.display(), workloads = self.workloads().len(), "agent ready");
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(Error::Signals)?;
-        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(Error::Signals)?;
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(Error::Signals)?;
+        let mut int =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(Error::Signals)?;
         tokio::select! {
             _ = term.recv() => info!("SIGTERM: shutting down"),
             _ = int.recv() => info!("SIGINT: shutting down"),

@@ -17,6 +17,8 @@
 mod types;
 mod validate;
 
+pub use validate::check_spiffe_id;
+
 use std::path::{Path, PathBuf};
 
 pub use types::*;

@@ -139,8 +139,20 @@ mod tests {
     #[test]
     fn flows_leave_the_table_when_their_guard_drops() {
         let table = Arc::new(FlowTable::default());
-        let a = table.open(Direction::Outbound, "enc", "spiffe://t/a", "10.0.0.1:80".parse().unwrap(), "127.0.0.1:5".parse().unwrap());
-        let b = table.open(Direction::Inbound, "dec", "spiffe://t/b", "10.0.0.2:80".parse().unwrap(), "10.0.0.9:5".parse().unwrap());
+        let a = table.open(
+            Direction::Outbound,
+            "enc",
+            "spiffe://t/a",
+            "10.0.0.1:80".parse().unwrap(),
+            "127.0.0.1:5".parse().unwrap(),
+        );
+        let b = table.open(
+            Direction::Inbound,
+            "dec",
+            "spiffe://t/b",
+            "10.0.0.2:80".parse().unwrap(),
+            "10.0.0.9:5".parse().unwrap(),
+        );
         assert_ne!(a.flow.id, b.flow.id);
         a.flow.bytes_out.fetch_add(10, Ordering::Relaxed);
         assert_eq!(table.snapshot().iter().map(|f| f.bytes_out.load(Ordering::Relaxed)).sum::<u64>(), 10);

@@ -11,8 +11,10 @@
 //! - `bin/testkit.rs`: a small TCP client/server used inside pods (identify-yourself servers,
 //!   checksummed sources and sinks).
 
+pub mod capture;
 pub mod cluster;
 pub mod paths;
+pub mod pattern;
 pub mod procs;
 pub mod require;
 

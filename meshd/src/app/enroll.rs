@@ -21,10 +21,11 @@ pub fn identity_source(config: &Config, td: &TrustDomain) -> Result<Arc<dyn Iden
         let source = CaSource::start(dev, CaSourceConfig { ttl: ca.svid_ttl, ..CaSourceConfig::default() })?;
         return Ok(source);
     }
-    let files = config.identity.files.as_ref().ok_or_else(|| Error::Enroll {
-        name: "-".into(),
-        message: "no identity source configured".into(),
-    })?;
+    let files = config
+        .identity
+        .files
+        .as_ref()
+        .ok_or_else(|| Error::Enroll { name: "-".into(), message: "no identity source configured".into() })?;
     let mut identities = Vec::new();
     for w in &config.workloads {
         identities.push((SpiffeId::new(&w.spiffe_id)?, files.dir.join(&w.name)));
@@ -45,8 +46,10 @@ impl Agent {
         let cgroup = crate::cgroup::resolve(&self.cgroup_root, &cfg.cgroup)?;
         let cgroup_id = crate::cgroup::cgroup_id(&cgroup)?;
         let netns = Netns::open(&cfg.netns)?;
-        let client = crate::tls::client_config(Arc::clone(&self.identity), spiffe_id.clone(), self.trust_domain.clone())?;
-        let server = crate::tls::server_config(Arc::clone(&self.identity), spiffe_id.clone(), self.trust_domain.clone())?;
+        let client =
+            crate::tls::client_config(Arc::clone(&self.identity), spiffe_id.clone(), self.trust_domain.clone())?;
+        let server =
+            crate::tls::server_config(Arc::clone(&self.identity), spiffe_id.clone(), self.trust_domain.clone())?;
         let ports = &self.config.ports;
         let capture4 = netns.listen(SocketAddr::from(([127, 0, 0, 1], ports.capture)), AGENT_SOCKET_MARK)?;
         let inbound4 = netns.listen(SocketAddr::from(([0, 0, 0, 0], ports.inbound)), AGENT_SOCKET_MARK)?;
@@ -134,7 +137,12 @@ async fn capture_loop(agent: Arc<Agent>, workload: Arc<Workload>, listener: TcpL
         match listener.accept().await {
             Ok((sock, _)) => {
                 let _ = sock.set_nodelay(true);
-                tokio::spawn(crate::proxy::outbound::handle(Arc::clone(&agent), Arc::clone(&workload), sock, workload.netns_cookie));
+                tokio::spawn(crate::proxy::outbound::handle(
+                    Arc::clone(&agent),
+                    Arc::clone(&workload),
+                    sock,
+                    workload.netns_cookie,
+                ));
             }
             Err(e) => accept_failed(&workload, &e).await,
         }
@@ -158,4 +166,3 @@ async fn accept_failed(workload: &Workload, e: &std::io::Error) {
     // Out of file descriptors and the like: back off rather than spin.
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
-

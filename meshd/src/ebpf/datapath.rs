@@ -159,7 +159,7 @@ impl Datapath {
     /// Releases links adopted from a crashed run (call once this run has attached its own).
     pub fn release_stale(&mut self) {
         let stale = std::mem::take(&mut self.stale);
-        if stale.len() > 0 {
+        if !stale.is_empty() {
             info!(links = stale.len(), "released links of an earlier run");
         }
         stale.release();

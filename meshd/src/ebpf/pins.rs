@@ -101,6 +101,10 @@ impl StaleLinks {
         self.0.len()
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// Unpins and drops the old links, detaching the old programs.
     pub fn release(self) {
         for link in self.0 {

@@ -87,13 +87,12 @@ async fn accept(
         .await
         .map_err(|_| setup("read the mesh request", &"timed out"))?
         .map_err(|e| setup("read the mesh request", &e))?;
-    let refuse = |status: Status, reason: String| async move { (status, reason) };
     let dst = match Request::decode(&head) {
         Ok(r) => r.destination,
         Err(e) => {
-            let (status, reason) = refuse(Status::BadRequest, e.to_string()).await;
-            let _ = respond(&mut tls, Response::new(status, reason.clone())).await;
-            return Err(CloseReason::Refused { status, reason });
+            let reason = e.to_string();
+            let _ = respond(&mut tls, Response::new(Status::BadRequest, reason.clone())).await;
+            return Err(CloseReason::Refused { status: Status::BadRequest, reason });
         }
     };
     // The source agent connected to the original destination's address: anything else would
@@ -112,7 +111,8 @@ async fn accept(
 
 async fn connect_local(workload: &Workload, dst: SocketAddr) -> Result<TcpStream, Response> {
     let fail = |status: Status, e: &dyn std::fmt::Display| Response::new(status, format!("connect to {dst}: {e}"));
-    let sock = workload.netns.socket_for(dst, meshd_common::AGENT_SOCKET_MARK).map_err(|e| fail(Status::Internal, &e))?;
+    let sock =
+        workload.netns.socket_for(dst, meshd_common::AGENT_SOCKET_MARK).map_err(|e| fail(Status::Internal, &e))?;
     match timeout(SETUP_TIMEOUT, TcpSocket::from_std_stream(sock.into()).connect(dst)).await {
         Err(_) => Err(fail(Status::Unreachable, &"timed out")),
         Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => Err(fail(Status::Refused, &e)),

@@ -50,8 +50,10 @@ fn try_probe() -> Result<bool, String> {
         _ => format!("setsockopt(TCP_ULP, \"tls\"): {e}"),
     })?;
     let info = probe_crypto_info();
-    set_crypto(fd, sys::TLS_TX, &info).map_err(|e| format!("kernel TLS refuses TLS 1.3 AES-GCM-128 transmit keys: {e}"))?;
-    set_crypto(fd, sys::TLS_RX, &info).map_err(|e| format!("kernel TLS refuses TLS 1.3 AES-GCM-128 receive keys: {e}"))?;
+    set_crypto(fd, sys::TLS_TX, &info)
+        .map_err(|e| format!("kernel TLS refuses TLS 1.3 AES-GCM-128 transmit keys: {e}"))?;
+    set_crypto(fd, sys::TLS_RX, &info)
+        .map_err(|e| format!("kernel TLS refuses TLS 1.3 AES-GCM-128 receive keys: {e}"))?;
     // Linux ≥ 6.14 accepts a second key for TLS 1.3 (KeyUpdate); older kernels say EBUSY.
     Ok(set_crypto(fd, sys::TLS_TX, &info).is_ok())
 }
@@ -72,16 +74,30 @@ fn probe_crypto_info() -> sys::tls12_crypto_info_aes_gcm_128 {
 fn set_ulp(fd: RawFd) -> io::Result<()> {
     // SAFETY: passes a 3-byte buffer of the given length to setsockopt.
     let rc = unsafe { libc::setsockopt(fd, libc::SOL_TCP, TCP_ULP, b"tls".as_ptr().cast(), 3) };
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// Installs a crypto info struct for one direction (`sys::TLS_TX` or `sys::TLS_RX`).
 pub fn set_crypto<T>(fd: RawFd, direction: u32, info: &T) -> io::Result<()> {
     // SAFETY: `info` is a plain kernel crypto-info struct of `size_of::<T>()` bytes.
     let rc = unsafe {
-        libc::setsockopt(fd, SOL_TLS, direction as libc::c_int, (info as *const T).cast(), size_of::<T>() as libc::socklen_t)
+        libc::setsockopt(
+            fd,
+            SOL_TLS,
+            direction as libc::c_int,
+            (info as *const T).cast(),
+            size_of::<T>() as libc::socklen_t,
+        )
     };
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// Hands the session keys of an established rustls connection to the kernel (both directions)

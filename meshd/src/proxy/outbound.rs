@@ -49,7 +49,13 @@ pub async fn handle(agent: Arc<Agent>, listener_workload: Arc<Workload>, sock: T
     .await;
 }
 
-async fn run(agent: &Arc<Agent>, source: &Workload, sock: TcpStream, dst: SocketAddr, guard: &FlowGuard) -> CloseReason {
+async fn run(
+    agent: &Arc<Agent>,
+    source: &Workload,
+    sock: TcpStream,
+    dst: SocketAddr,
+    guard: &FlowGuard,
+) -> CloseReason {
     let tls = match setup(agent, source, dst, guard).await {
         Ok(tls) => tls,
         Err(reason) => {
@@ -58,7 +64,7 @@ async fn run(agent: &Arc<Agent>, source: &Workload, sock: TcpStream, dst: Socket
             return reason;
         }
     };
-    super::inbound::data_phase(agent, sock, tls, guard, true).await
+    super::inbound::data_phase(agent, sock, tokio_rustls::TlsStream::Client(tls), guard, true).await
 }
 
 type ClientTls = tokio_rustls::client::TlsStream<CorkStream<TcpStream>>;
@@ -67,7 +73,8 @@ type ClientTls = tokio_rustls::client::TlsStream<CorkStream<TcpStream>>;
 async fn setup(agent: &Agent, source: &Workload, dst: SocketAddr, guard: &FlowGuard) -> Result<ClientTls, CloseReason> {
     let remote = SocketAddr::new(dst.ip(), agent.config.ports.inbound);
     let setup_err = |what: &str, e: &dyn std::fmt::Display| CloseReason::Setup(format!("{what} {remote}: {e}"));
-    let std_sock = source.netns.socket_for(remote, meshd_common::AGENT_SOCKET_MARK).map_err(|e| setup_err("socket for", &e))?;
+    let std_sock =
+        source.netns.socket_for(remote, meshd_common::AGENT_SOCKET_MARK).map_err(|e| setup_err("socket for", &e))?;
     let sock = TcpSocket::from_std_stream(std_sock.into());
     let tcp = timeout(SETUP_TIMEOUT, sock.connect(remote))
         .await

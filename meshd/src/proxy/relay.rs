@@ -26,10 +26,7 @@ where
     let (mut plain_r, mut plain_w) = tokio::io::split(plain);
     let (mut tls_r, mut tls_w) = tokio::io::split(tls);
     let both = async {
-        tokio::try_join!(
-            pump(&mut plain_r, &mut tls_w, &flow, true),
-            pump(&mut tls_r, &mut plain_w, &flow, false)
-        )
+        tokio::try_join!(pump(&mut plain_r, &mut tls_w, &flow, true), pump(&mut tls_r, &mut plain_w, &flow, false))
     };
     let result = match idle {
         None => both.await,

@@ -134,7 +134,12 @@ fn drain_pipe(pipe_r: &OwnedFd, to: &impl AsFd, mut n: usize) -> Result<(), Clos
 }
 
 /// workload → kTLS (encrypting).
-fn pump_out(plain: &std::net::TcpStream, tls: &std::net::TcpStream, flow: &Flow, limit: u64) -> Result<(), CloseReason> {
+fn pump_out(
+    plain: &std::net::TcpStream,
+    tls: &std::net::TcpStream,
+    flow: &Flow,
+    limit: u64,
+) -> Result<(), CloseReason> {
     let (pipe_r, pipe_w) = pipe()?;
     let mut records = 0u64;
     loop {
@@ -177,14 +182,17 @@ fn pump_in(
                 flow.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
             }
             Err(nix::errno::Errno::EINVAL) => {
-                let (kind, n) = ktls::recv_record(tls.as_raw_fd(), &mut record).map_err(|e| io_fail("read a TLS record", e))?;
+                let (kind, n) =
+                    ktls::recv_record(tls.as_raw_fd(), &mut record).map_err(|e| io_fail("read a TLS record", e))?;
                 match (kind, &record[..n]) {
                     (ktls::RECORD_ALERT, [_, 0]) => {
                         debug!("close_notify received");
                         let _ = plain.shutdown(Shutdown::Write);
                         return Ok(());
                     }
-                    (ktls::RECORD_ALERT, [_, desc]) => return Err(CloseReason::Error(format!("TLS alert {desc} from the peer"))),
+                    (ktls::RECORD_ALERT, [_, desc]) => {
+                        return Err(CloseReason::Error(format!("TLS alert {desc} from the peer")))
+                    }
                     (ktls::RECORD_HANDSHAKE, [4, ..]) => debug!("ignoring a NewSessionTicket"),
                     (ktls::RECORD_HANDSHAKE, [24, ..]) => {
                         return Err(CloseReason::Error("the peer sent a TLS KeyUpdate this kernel cannot apply".into()))
@@ -193,7 +201,9 @@ fn pump_in(
                         plain.write_all(data).map_err(|e| io_fail("write to the workload", e))?;
                         flow.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
                     }
-                    (0, _) => return Err(CloseReason::Error("the peer closed without close_notify (truncated)".into())),
+                    (0, _) => {
+                        return Err(CloseReason::Error("the peer closed without close_notify (truncated)".into()))
+                    }
                     (kind, _) => return Err(CloseReason::Error(format!("unexpected TLS record type {kind}"))),
                 }
             }

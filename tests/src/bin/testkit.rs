@@ -16,6 +16,7 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use meshd_tests::pattern::Pattern;
 use sha2::{Digest, Sha256};
 
 #[derive(Parser)]
@@ -190,23 +191,6 @@ fn source(addr: SocketAddr, bytes: u64, seed: u64) -> Result<()> {
     s.read_to_string(&mut out).context("read the sink's answer")?;
     print!("{out}");
     Ok(())
-}
-
-/// Deterministic, incompressible-looking bytes (xorshift), the same for the same seed.
-struct Pattern(u64);
-
-impl Pattern {
-    fn new(seed: u64) -> Self {
-        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            chunk.copy_from_slice(&self.0.to_le_bytes()[..chunk.len()]);
-        }
-    }
 }
 
 fn hex(bytes: &[u8]) -> String {
