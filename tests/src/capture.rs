@@ -23,7 +23,8 @@ impl Capture {
         crate::require::program("tcpdump", "tcpdump");
         let file = node.run_dir().join(format!("capture-{}-{iface}.pcap", node.name));
         let mut cmd = node.command("tcpdump");
-        cmd.args(["-i", iface, "-s", "0", "-U", "-n", "-w"]).arg(&file);
+        // A large kernel buffer (-B, KiB): at full mesh speed a small one drops packets.
+        cmd.args(["-i", iface, "-s", "0", "-B", "262144", "-U", "-n", "-w"]).arg(&file);
         if !filter.is_empty() {
             cmd.arg(filter);
         }

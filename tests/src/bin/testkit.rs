@@ -53,6 +53,9 @@ enum Cmd {
         bytes: u64,
         #[arg(long, default_value = "1")]
         seed: u64,
+        /// Pace the stream to this many bytes per second.
+        #[arg(long)]
+        rate: Option<u64>,
     },
     Expect {
         #[arg(long)]
@@ -65,6 +68,10 @@ enum Cmd {
         #[arg(long)]
         count: u32,
     },
+    /// Accepts connections, reads one byte, then resets the connection (SO_LINGER 0).
+    Reset {
+        addr: SocketAddr,
+    },
 }
 
 fn main() -> Result<()> {
@@ -74,7 +81,7 @@ fn main() -> Result<()> {
             connect(addr, mark, send, bind_port, timeout_secs)
         }
         Cmd::Sink { addr } => sink(addr),
-        Cmd::Source { addr, bytes, seed } => source(addr, bytes, seed),
+        Cmd::Source { addr, bytes, seed, rate } => source(addr, bytes, seed, rate),
         Cmd::Expect { bytes, seed } => {
             let mut h = Sha256::new();
             let mut left = bytes;
@@ -87,6 +94,18 @@ fn main() -> Result<()> {
                 left -= n as u64;
             }
             println!("{} {bytes}", hex(&h.finalize()));
+            Ok(())
+        }
+        Cmd::Reset { addr } => {
+            let listener = bind(addr)?;
+            println!("listening {addr}");
+            std::io::stdout().flush()?;
+            for conn in listener.incoming() {
+                let Ok(mut s) = conn else { continue };
+                let mut one = [0u8; 1];
+                let _ = s.read(&mut one);
+                socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO))?;
+            }
             Ok(())
         }
         Cmd::Churn { addr, count } => {
@@ -175,7 +194,8 @@ fn sink(addr: SocketAddr) -> Result<()> {
     Ok(())
 }
 
-fn source(addr: SocketAddr, bytes: u64, seed: u64) -> Result<()> {
+fn source(addr: SocketAddr, bytes: u64, seed: u64, rate: Option<u64>) -> Result<()> {
+    let start = std::time::Instant::now();
     let mut s = TcpStream::connect(addr).with_context(|| format!("connect to {addr}"))?;
     let mut gen = Pattern::new(seed);
     let mut buf = vec![0u8; 1 << 16];
@@ -185,6 +205,12 @@ fn source(addr: SocketAddr, bytes: u64, seed: u64) -> Result<()> {
         gen.fill(&mut buf[..n]);
         s.write_all(&buf[..n]).context("send")?;
         left -= n as u64;
+        if let Some(rate) = rate {
+            let due = Duration::from_secs_f64((bytes - left) as f64 / rate as f64);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
     }
     s.shutdown(Shutdown::Write)?;
     let mut out = String::new();
