@@ -13,8 +13,8 @@
 //!    results, then `switch_root`s into it. All host tools (ffmpeg, tcpdump, python3, bpftool, the
 //!    project's binaries under `target/`) are therefore available in the guest at their host paths,
 //!    and the kernel's on-demand `/sbin/modprobe` (e.g. for `tls`, `gcm(aes)`) finds the guest modules.
-//! 3. [`qemu`] boots `qemu-system-x86_64 -M pc` with one vCPU, TCG unless KVM was proven to work (a
-//!    one-time probe boot, verdict cached in `target/vm/accel.json`). The guest command's stdout and
+//! 3. [`qemu`] boots `qemu-system-x86_64 -M pc` with one vCPU, TCG unless KVM was proven to work
+//!    ([`accel`]: a one-time probe boot, verdict cached in `target/vm/accel.json`). The guest command's stdout and
 //!    stderr go to serial port ttyS1, its exit status to ttyS2 (`MESHD_VM_EXIT=<n>`), the kernel
 //!    console to ttyS0. Files the guest writes under `$MESHD_VM_OUT` land in the host's out dir.
 //!    Everything else the guest writes (even under `target/`) goes to the tmpfs overlay and is lost.
@@ -23,6 +23,8 @@
 //! - `apt/` — private `sources.list`, apt lists, downloaded `.deb`s (deleted after extraction).
 //! - `kernels/<choice>.json` — which Debian package version a choice (`bookworm`, `newest`) resolved to.
 //!   Once present, no network is needed; `cargo xtask vm-test --refresh` re-resolves from the mirror.
+//!   `MESHD_VM_KERNELS=DIR` moves this kernels cache elsewhere (e.g. one that outlives a fresh
+//!   CI clone; a cold fetch of both kernels takes ~40 s and ~650 MB).
 //! - `kernels/<package version>/` — `root/` (extracted packages, depmod'ed), `vmlinux`,
 //!   `kernel.json`, `initramfs-<hash>.cpio` (rebuilt when the init script changes).
 //! - `accel.json` — KVM probe verdict for this host kernel and qemu.
@@ -35,9 +37,12 @@
 //! - `MESHD_VM_CONSOLE=1` prints the whole guest console after each run.
 //! - `MESHD_VM_LOGLEVEL=7` raises the guest kernel's console log level (default 4: warnings and up).
 //! - `MESHD_VM_ACCEL=tcg|kvm` skips the KVM probe and forces an accelerator.
+//! - `cargo xtask vm-test [--kernel newest] [--timeout S] -- CMD ARGS…` runs any command in the
+//!   guest instead of the smoke check and prints its output, e.g. `-- sh -c 'dmesg | tail'`.
 //! - Boot by hand: copy the `qemu-system-x86_64` line printed with `MESHD_VM_CONSOLE=1` (it is also
 //!   in `run-N/qemu.cmd`).
 
+pub mod accel;
 mod apt;
 pub mod initramfs;
 pub mod kernel;
@@ -88,7 +93,9 @@ pub fn unique_suffix() -> String {
 
 /// Runs a command to completion, failing with its stderr if it exits non-zero.
 pub fn run_cmd(cmd: &mut Command, what: &str) -> Result<Output> {
-    let out = cmd.output().with_context(|| format!("{what}: spawning {:?}", cmd.get_program()))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("{what}: spawning {:?}", cmd.get_program()))?;
     if !out.status.success() {
         bail!(
             "{what}: {:?} failed ({}):\n{}",
@@ -126,18 +133,26 @@ pub fn tail(text: &str, n: usize) -> String {
 
 /// Reads a file as (lossy) text; a missing file reads as empty.
 pub fn read_lossy(path: &Path) -> String {
-    std::fs::read(path).map(|b| String::from_utf8_lossy(&b).replace('\r', "")).unwrap_or_default()
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))
+        .unwrap_or_default()
 }
 
 /// True when the environment variable is set to something other than empty/0.
 pub fn env_flag(name: &str) -> bool {
-    std::env::var(name).map(|v| !v.is_empty() && v != "0").unwrap_or(false)
+    std::env::var(name)
+        .map(|v| !v.is_empty() && v != "0")
+        .unwrap_or(false)
 }
 
 /// Paths handed to qemu options and the kernel command line must not need quoting.
 pub fn check_plain_path(path: &Path) -> Result<&str> {
-    let s = path.to_str().with_context(|| format!("path is not UTF-8: {}", path.display()))?;
-    if s.chars().any(|c| c.is_whitespace() || c == ',' || c == '"' || c == '\'') {
+    let s = path
+        .to_str()
+        .with_context(|| format!("path is not UTF-8: {}", path.display()))?;
+    if s.chars()
+        .any(|c| c.is_whitespace() || c == ',' || c == '"' || c == '\'')
+    {
         bail!("path {s:?} contains whitespace, a comma or a quote; the VM runner cannot pass it to qemu");
     }
     Ok(s)

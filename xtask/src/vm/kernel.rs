@@ -32,7 +32,9 @@ impl KernelChoice {
 
     fn accepts(self, suite: &str) -> bool {
         match self {
-            KernelChoice::Bookworm => matches!(suite, "bookworm" | "bookworm-updates" | "bookworm-security"),
+            KernelChoice::Bookworm => {
+                matches!(suite, "bookworm" | "bookworm-updates" | "bookworm-security")
+            }
             KernelChoice::Newest => true,
         }
     }
@@ -76,7 +78,8 @@ impl Kernel {
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
@@ -88,10 +91,15 @@ fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
 /// Returns the kernel for `choice`, downloading it if needed. Once cached, no network is used
 /// unless `refresh` is set; if the mirror is unreachable on refresh, the cached one is kept.
 pub fn ensure(choice: KernelChoice, refresh: bool) -> Result<Kernel> {
-    let kernels = vm_dir()?.join("kernels");
+    let kernels = match std::env::var_os("MESHD_VM_KERNELS") {
+        Some(dir) => PathBuf::from(dir),
+        None => vm_dir()?.join("kernels"),
+    };
     std::fs::create_dir_all(&kernels).with_context(|| format!("creating {}", kernels.display()))?;
     let pointer = kernels.join(format!("{}.json", choice.name()));
-    let cached: Option<Kernel> = read_json(&pointer).ok().filter(|k: &Kernel| k.vmlinux.is_file());
+    let cached: Option<Kernel> = read_json(&pointer)
+        .ok()
+        .filter(|k: &Kernel| k.vmlinux.is_file());
     if let (Some(k), false) = (&cached, refresh) {
         return Ok(k.clone());
     }
@@ -100,7 +108,11 @@ pub fn ensure(choice: KernelChoice, refresh: bool) -> Result<Kernel> {
     let (version, suite) = match (resolved, cached) {
         (Ok(v), _) => v,
         (Err(e), Some(k)) => {
-            eprintln!("vm: cannot refresh the {} kernel ({e:#}); keeping cached {}", choice.name(), k.version);
+            eprintln!(
+                "vm: cannot refresh the {} kernel ({e:#}); keeping cached {}",
+                choice.name(),
+                k.version
+            );
             return Ok(k);
         }
         (Err(e), None) => return Err(e.context(format!("resolving the {} kernel", choice.name()))),
@@ -126,7 +138,12 @@ fn newest_version(apt: &Apt, choice: KernelChoice) -> Result<(String, String)> {
             best = Some((version, suite));
         }
     }
-    best.with_context(|| format!("no {META} for the {} choice in the private apt lists", choice.name()))
+    best.with_context(|| {
+        format!(
+            "no {META} for the {} choice in the private apt lists",
+            choice.name()
+        )
+    })
 }
 
 /// Downloads and prepares `linux-image-amd64=version` into `kernels/<version>/` (idempotent).
@@ -151,11 +168,13 @@ fn install(apt: &Apt, kernels: &Path, version: &str, suite: &str) -> Result<Kern
         cmd.arg("-x").arg(deb).arg(&root);
         run_cmd(&mut cmd, &format!("extracting {}", deb.display()))?;
     }
-    std::fs::remove_dir_all(&debs_dir).with_context(|| format!("removing {}", debs_dir.display()))?;
+    std::fs::remove_dir_all(&debs_dir)
+        .with_context(|| format!("removing {}", debs_dir.display()))?;
 
     // Newer packages install to usr/lib/modules; make lib/modules work for depmod -b and modprobe -d.
     if !root.join("lib").exists() && root.join("usr/lib/modules").is_dir() {
-        std::os::unix::fs::symlink("usr/lib", root.join("lib")).context("linking root/lib -> usr/lib")?;
+        std::os::unix::fs::symlink("usr/lib", root.join("lib"))
+            .context("linking root/lib -> usr/lib")?;
     }
     let release = single_subdir(&root.join("lib/modules"))?;
     let vmlinuz = [
@@ -167,7 +186,10 @@ fn install(apt: &Apt, kernels: &Path, version: &str, suite: &str) -> Result<Kern
     .with_context(|| format!("no vmlinuz for {release} in the packages {packages:?}"))?;
     let mut depmod = Command::new("depmod");
     depmod.arg("-b").arg(&root).arg(&release);
-    run_cmd(&mut depmod, &format!("depmod -b {} {release}", root.display()))?;
+    run_cmd(
+        &mut depmod,
+        &format!("depmod -b {} {release}", root.display()),
+    )?;
     extract_vmlinux(&vmlinuz, &tmp.join("vmlinux"))?;
 
     let kernel = Kernel {
@@ -180,11 +202,22 @@ fn install(apt: &Apt, kernels: &Path, version: &str, suite: &str) -> Result<Kern
         packages,
     };
     write_json(&tmp.join("kernel.json"), &kernel)?;
-    if dir.exists() {
-        std::fs::remove_dir_all(&dir).with_context(|| format!("removing stale {}", dir.display()))?;
+    if let Ok(theirs) = read_json::<Kernel>(&meta) {
+        // Another xtask finished the same kernel meanwhile: keep its copy (it may be in use).
+        std::fs::remove_dir_all(&tmp).with_context(|| format!("removing {}", tmp.display()))?;
+        return Ok(theirs);
     }
-    std::fs::rename(&tmp, &dir).with_context(|| format!("renaming {} -> {}", tmp.display(), dir.display()))?;
-    eprintln!("vm: kernel {} ({version}, {suite}) ready in {}", kernel.release, dir.display());
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)
+            .with_context(|| format!("removing incomplete {}", dir.display()))?;
+    }
+    std::fs::rename(&tmp, &dir)
+        .with_context(|| format!("renaming {} -> {}", tmp.display(), dir.display()))?;
+    eprintln!(
+        "vm: kernel {} ({version}, {suite}) ready in {}",
+        kernel.release,
+        dir.display()
+    );
     Ok(kernel)
 }
 
@@ -198,7 +231,10 @@ fn single_subdir(dir: &Path) -> Result<String> {
     }
     match names.as_slice() {
         [one] => Ok(one.clone()),
-        _ => bail!("expected exactly one kernel release under {}, found {names:?}", dir.display()),
+        _ => bail!(
+            "expected exactly one kernel release under {}, found {names:?}",
+            dir.display()
+        ),
     }
 }
 
@@ -209,7 +245,9 @@ pub fn extract_vmlinux(bzimage: &Path, out: &Path) -> Result<()> {
     let what = || format!("extracting vmlinux from {}", bzimage.display());
     let data = std::fs::read(bzimage).with_context(what)?;
     let u32_at = |off: usize| -> Result<usize> {
-        let b = data.get(off..off + 4).with_context(|| format!("{}: truncated header", bzimage.display()))?;
+        let b = data
+            .get(off..off + 4)
+            .with_context(|| format!("{}: truncated header", bzimage.display()))?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
     };
     if data.get(0x202..0x206) != Some(b"HdrS".as_slice()) {
@@ -229,7 +267,11 @@ pub fn extract_vmlinux(bzimage: &Path, out: &Path) -> Result<()> {
         [0x28, 0xb5, 0x2f, 0xfd, ..] => &["zstd", "-dcq"],
         [0x1f, 0x8b, ..] => &["gzip", "-dc"],
         [0x02, 0x21, 0x4c, 0x18, ..] => &["lz4", "-dc"],
-        _ => bail!("{}: unknown payload compression {:02x?}", bzimage.display(), &payload[..payload.len().min(6)]),
+        _ => bail!(
+            "{}: unknown payload compression {:02x?}",
+            bzimage.display(),
+            &payload[..payload.len().min(6)]
+        ),
     };
     let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     let mut child = Command::new(tool[0])
@@ -238,7 +280,12 @@ pub fn extract_vmlinux(bzimage: &Path, out: &Path) -> Result<()> {
         .stdout(file)
         .spawn()
         .with_context(|| format!("{}: spawning {}", what(), tool[0]))?;
-    child.stdin.take().context("decompressor stdin")?.write_all(payload).with_context(what)?;
+    child
+        .stdin
+        .take()
+        .context("decompressor stdin")?
+        .write_all(payload)
+        .with_context(what)?;
     let status = child.wait().with_context(what)?;
     if !status.success() {
         bail!("{}: {} failed ({status})", what(), tool[0]);

@@ -1,5 +1,7 @@
 //! Boots a kernel under qemu and runs one command in the guest (see the module doc of `vm`).
 
+use super::accel::accel;
+pub use super::accel::Accel;
 use super::kernel::Kernel;
 use super::{check_plain_path, env_flag, initramfs, read_lossy, tail, vm_dir, workspace_root};
 use anyhow::{bail, Context, Result};
@@ -50,21 +52,6 @@ pub struct VmOutcome {
     pub accel: Accel,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Accel {
-    Kvm,
-    Tcg,
-}
-
-impl Accel {
-    pub fn name(self) -> &'static str {
-        match self {
-            Accel::Kvm => "kvm",
-            Accel::Tcg => "tcg",
-        }
-    }
-}
-
 /// Boots `run.kernel`, runs `run.command`, and returns its outcome. A guest panic, a missing exit
 /// code or a timeout is an error showing the end of the console and of the output.
 pub fn run(run: &VmRun) -> Result<VmOutcome> {
@@ -73,41 +60,58 @@ pub fn run(run: &VmRun) -> Result<VmOutcome> {
 }
 
 const SERIALS: [&str; 3] = ["console.log", "output.log", "status.log"];
-const GUEST_PATH: &str = "/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+const GUEST_PATH: &str =
+    "/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// [`run`] with a given accelerator.
 pub fn run_with(run: &VmRun, accel: Accel) -> Result<VmOutcome> {
     let run_dir = new_run_dir()?;
     let result = boot(run, accel, &run_dir);
     if result.is_ok() && !env_flag("MESHD_VM_KEEP") {
-        std::fs::remove_dir_all(&run_dir).with_context(|| format!("removing {}", run_dir.display()))?;
+        std::fs::remove_dir_all(&run_dir)
+            .with_context(|| format!("removing {}", run_dir.display()))?;
     }
     result
 }
 
-fn boot(run: &VmRun, accel: Accel, run_dir: &Path) -> Result<VmOutcome> {
+pub(super) fn boot(run: &VmRun, accel: Accel, run_dir: &Path) -> Result<VmOutcome> {
     let initrd = initramfs::ensure(&run.kernel)?;
     let out_dir = match &run.out_dir {
         Some(dir) => dir.clone(),
         None => run_dir.join("out"),
     };
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let out_dir = std::fs::canonicalize(&out_dir).with_context(|| format!("resolving {}", out_dir.display()))?;
+    let out_dir = std::fs::canonicalize(&out_dir)
+        .with_context(|| format!("resolving {}", out_dir.display()))?;
     let run_s = check_plain_path(run_dir)?;
     let out_s = check_plain_path(&out_dir)?;
     let script = guest_script(run, out_s)?;
     let script_path = run_dir.join("guest.sh");
-    std::fs::write(&script_path, script).with_context(|| format!("writing {}", script_path.display()))?;
+    std::fs::write(&script_path, script)
+        .with_context(|| format!("writing {}", script_path.display()))?;
 
     let loglevel = std::env::var("MESHD_VM_LOGLEVEL").unwrap_or_else(|_| "4".into());
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args(["-M", "pc", "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
+    cmd.args([
+        "-M",
+        "pc",
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+    ]);
     match accel {
         Accel::Tcg => cmd.args(["-accel", "tcg,thread=multi", "-cpu", "max"]),
         Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
     };
     cmd.arg("-m").arg(run.memory_mb.to_string());
-    cmd.arg("-kernel").arg(&run.kernel.vmlinux).arg("-initrd").arg(&initrd);
+    cmd.arg("-kernel")
+        .arg(&run.kernel.vmlinux)
+        .arg("-initrd")
+        .arg(&initrd);
     cmd.arg("-append").arg(format!(
         "console=ttyS0 loglevel={loglevel} panic=-1 rdinit=/init cryptomgr.notests=1 \
          meshd.run={run_s} meshd.out={out_s}"
@@ -115,15 +119,22 @@ fn boot(run: &VmRun, accel: Accel, run_dir: &Path) -> Result<VmOutcome> {
     for name in SERIALS {
         cmd.arg("-serial").arg(format!("file:{}/{name}", run_s));
     }
-    cmd.arg("-virtfs").arg("local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap");
-    cmd.arg("-virtfs").arg(format!("local,path={out_s},mount_tag=meshdout,security_model=none,multidevs=remap"));
+    cmd.arg("-virtfs")
+        .arg("local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap");
+    cmd.arg("-virtfs").arg(format!(
+        "local,path={out_s},mount_tag=meshdout,security_model=none,multidevs=remap"
+    ));
     let cmdline = format!("{cmd:?}");
     std::fs::write(run_dir.join("qemu.cmd"), &cmdline).context("writing qemu.cmd")?;
     let qemu_log = std::fs::File::create(run_dir.join("qemu.log")).context("creating qemu.log")?;
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(qemu_log);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(qemu_log);
 
     let start = Instant::now();
-    let mut child = cmd.spawn().context("spawning qemu-system-x86_64 (install qemu-system-x86)")?;
+    let mut child = cmd
+        .spawn()
+        .context("spawning qemu-system-x86_64 (install qemu-system-x86)")?;
     let status = loop {
         if let Some(status) = child.try_wait().context("waiting for qemu")? {
             break Some(status);
@@ -141,15 +152,20 @@ fn boot(run: &VmRun, accel: Accel, run_dir: &Path) -> Result<VmOutcome> {
     let output = read_lossy(&run_dir.join(SERIALS[1]));
     let status_log = read_lossy(&run_dir.join(SERIALS[2]));
     if env_flag("MESHD_VM_CONSOLE") {
-        eprintln!("--- {cmdline}\n--- guest console ({}):\n{console}\n--- end of console", run_dir.display());
+        eprintln!(
+            "--- {cmdline}\n--- guest console ({}):\n{console}\n--- end of console",
+            run_dir.display()
+        );
     }
 
     let exit_code = status_log
         .lines()
         .filter_map(|l| l.trim().strip_prefix("MESHD_VM_EXIT="))
-        .last()
+        .next_back()
         .and_then(|v| v.trim().parse::<i32>().ok());
-    let init_failure = status_log.lines().find_map(|l| l.strip_prefix("MESHD_VM_INIT_FAILED: "));
+    let init_failure = status_log
+        .lines()
+        .find_map(|l| l.strip_prefix("MESHD_VM_INIT_FAILED: "));
     let problem = if status.is_none() {
         Some(format!("timed out after {:?}", run.timeout))
     } else if console.contains("Kernel panic") {
@@ -158,13 +174,16 @@ fn boot(run: &VmRun, accel: Accel, run_dir: &Path) -> Result<VmOutcome> {
         Some(format!("guest init failed: {what}"))
     } else if exit_code.is_none() {
         let qemu = tail(&read_lossy(&run_dir.join("qemu.log")), 10);
-        Some(format!("the guest stopped without reporting an exit code (qemu: {status:?}; {qemu})"))
+        Some(format!(
+            "the guest stopped without reporting an exit code (qemu: {status:?}; {qemu})"
+        ))
     } else {
         None
     };
     if let Some(problem) = problem {
         bail!(
-            "VM run of {:?} on kernel {} ({}) failed: {problem}\nrun dir kept: {}\n\
+            "VM run of {:?} on kernel {} ({}) failed: {problem}\nrun dir kept: {} \
+             (MESHD_VM_LOGLEVEL=7 gives a verbose console)\n\
              --- last 60 lines of the guest console:\n{}\n--- last 60 lines of the command output:\n{}",
             run.command,
             run.kernel.release,
@@ -174,11 +193,17 @@ fn boot(run: &VmRun, accel: Accel, run_dir: &Path) -> Result<VmOutcome> {
             tail(&output, 60)
         );
     }
-    Ok(VmOutcome { exit_code: exit_code.unwrap_or(-1), console, output, duration, accel })
+    Ok(VmOutcome {
+        exit_code: exit_code.unwrap_or(-1),
+        console,
+        output,
+        duration,
+        accel,
+    })
 }
 
 /// `target/vm/run-N`, N the lowest free number (mkdir is the atomic claim).
-fn new_run_dir() -> Result<PathBuf> {
+pub(super) fn new_run_dir() -> Result<PathBuf> {
     let base = vm_dir()?;
     for n in 1..10_000 {
         let dir = base.join(format!("run-{n}"));
@@ -188,7 +213,10 @@ fn new_run_dir() -> Result<PathBuf> {
             Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
         }
     }
-    bail!("no free run dir under {} (remove old run-* dirs)", base.display())
+    bail!(
+        "no free run dir under {} (remove old run-* dirs)",
+        base.display()
+    )
 }
 
 fn quote(s: &str) -> String {
@@ -222,58 +250,12 @@ fn guest_script(run: &VmRun, out: &str) -> Result<String> {
     // PID 1 must not exit (that panics): it ends by exec'ing busybox's synchronous power-off.
     let root = quote(check_plain_path(&root)?);
     let off = "exec /bin/busybox poweroff -f";
-    s.push_str(&format!("cd {root} || {{ echo \"MESHD_VM_INIT_FAILED: cd {root}\" >/dev/ttyS2; {off}; }}\n"));
+    s.push_str(&format!(
+        "cd {root} || {{ echo \"MESHD_VM_INIT_FAILED: cd {root}\" >/dev/ttyS2; {off}; }}\n"
+    ));
     let argv: Vec<String> = run.command.iter().map(|a| quote(a)).collect();
     s.push_str(&format!("{} </dev/null >/dev/ttyS1 2>&1\n", argv.join(" ")));
     s.push_str("echo \"MESHD_VM_EXIT=$?\" >/dev/ttyS2\n");
     s.push_str(&format!("{off}\n"));
     Ok(s)
-}
-
-/// The accelerator to use: `MESHD_VM_ACCEL` if set, else KVM only if a probe boot under KVM
-/// succeeded on this host (verdict cached in `target/vm/accel.json`), else TCG.
-pub fn accel(kernel: &Kernel) -> Result<Accel> {
-    static VERDICT: std::sync::Mutex<Option<Accel>> = std::sync::Mutex::new(None);
-    let mut verdict = VERDICT.lock().map_err(|_| anyhow::anyhow!("accel verdict lock poisoned"))?;
-    if let Some(accel) = *verdict {
-        return Ok(accel);
-    }
-    let accel = match std::env::var("MESHD_VM_ACCEL").as_deref() {
-        Ok("kvm") => Accel::Kvm,
-        Ok("tcg") => Accel::Tcg,
-        Ok(other) => bail!("MESHD_VM_ACCEL={other:?}: expected kvm or tcg"),
-        Err(_) if !Path::new("/dev/kvm").exists() => Accel::Tcg,
-        Err(_) => probe_kvm(kernel)?,
-    };
-    *verdict = Some(accel);
-    Ok(accel)
-}
-
-fn probe_kvm(kernel: &Kernel) -> Result<Accel> {
-    let cache = vm_dir()?.join("accel.json");
-    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").context("reading the host release")?;
-    let qemu = super::cmd_stdout(Command::new("qemu-system-x86_64").arg("--version"), "qemu-system-x86_64 --version")?;
-    let key = format!("{} / {}", host.trim(), qemu.lines().next().unwrap_or(""));
-    if let Ok(text) = std::fs::read_to_string(&cache) {
-        let cached: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
-        if cached["key"] == key.as_str() {
-            return Ok(if cached["kvm"] == true { Accel::Kvm } else { Accel::Tcg });
-        }
-    }
-    eprintln!("vm: probing KVM with a 20 s test boot (once per host; verdict goes to {})", cache.display());
-    let mut probe = VmRun::new(kernel.clone(), &["true"]);
-    probe.timeout = Duration::from_secs(20);
-    probe.memory_mb = 256;
-    let run_dir = new_run_dir()?;
-    let result = boot(&probe, Accel::Kvm, &run_dir);
-    std::fs::remove_dir_all(&run_dir).with_context(|| format!("removing {}", run_dir.display()))?;
-    let (works, detail) = match &result {
-        Ok(o) if o.exit_code == 0 => (true, format!("booted in {:.1?}", o.duration)),
-        Ok(o) => (false, format!("exit code {}", o.exit_code)),
-        Err(e) => (false, format!("{e:#}").lines().next().unwrap_or("").to_string()),
-    };
-    eprintln!("vm: KVM {}: {}", if works { "works" } else { "does not work, using TCG" }, detail.lines().next().unwrap_or(""));
-    let json = serde_json::json!({ "key": key, "kvm": works, "detail": detail });
-    std::fs::write(&cache, json.to_string()).with_context(|| format!("writing {}", cache.display()))?;
-    Ok(if works { Accel::Kvm } else { Accel::Tcg })
 }
