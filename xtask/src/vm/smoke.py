@@ -191,7 +191,10 @@ def c_ktls_rekey():
         c.sendall(b"after!")
         msg, anc, _, _ = s.recvmsg(64, socket.CMSG_SPACE(1))
         rtype = next((d[0] for lvl, typ, d in anc if lvl == SOL_TLS and typ == TLS_GET_RECORD_TYPE), None)
-        time.sleep(0.5)  # let "after!" arrive: the kernel must hold it until the new key is set
+        # Let "after!" arrive; the kernel must hold it until the new key is set. Note: a *blocking*
+        # read issued after the KeyUpdate was read and before TLS_RX is set again sleeps (seen on
+        # 7.3: no EKEYEXPIRED, no wake-up), so the agent must install the new RX key first.
+        time.sleep(0.5)
         s.setblocking(False)
         try:
             s.recv(6)
