@@ -1,5 +1,9 @@
 //! `cargo xtask`: project automation. Each subcommand lives in its own module.
 
+mod compile;
+mod demo;
+mod setup;
+mod test;
 mod vm;
 
 use anyhow::Result;
@@ -14,12 +18,31 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Install what this machine lacks: Debian packages, rust-src, bpf-linker (idempotent).
+    Setup,
+    /// Build the eBPF object.
+    BuildEbpf,
+    /// Build the eBPF object, the agent and the test binaries.
+    Build,
+    /// Run every test tier: checks, unit, privileged (root), vm (kernel TLS under qemu).
+    Test(test::TestArgs),
+    /// Run the demo: FFmpeg streaming through the mesh between two simulated nodes (root).
+    Demo {
+        /// Arguments for the demo binary.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Boot the test kernels under qemu and check the guest environment (kTLS, netns, bpffs, ffmpeg).
     VmTest(vm::smoke::VmTestArgs),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().command {
+        Command::Setup => setup::setup(),
+        Command::BuildEbpf => compile::build_ebpf(),
+        Command::Build => compile::build_all(),
+        Command::Test(args) => test::test(&args),
+        Command::Demo { args } => demo::demo(&args),
         Command::VmTest(args) => vm::smoke::vm_test(&args),
     }
 }

@@ -56,7 +56,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// Debian packages the VM tier needs on the host; `cargo xtask setup` installs them.
-#[allow(dead_code)] // read by the setup subcommand
 pub const VM_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",

@@ -32,6 +32,12 @@ pub struct VmTestArgs {
     command: Vec<String>,
 }
 
+impl Default for VmTestArgs {
+    fn default() -> Self {
+        Self { kernels: Vec::new(), refresh: false, sequential: false, timeout: 300, command: Vec::new() }
+    }
+}
+
 pub fn vm_test(args: &VmTestArgs) -> Result<()> {
     let start = Instant::now();
     let choices = if args.kernels.is_empty() {
