@@ -94,7 +94,11 @@ fn connect(pod: &Pod, addr: &str, send: Option<&str>) -> (bool, String, String) 
         args.extend(["--send", s]);
     }
     let out = procs::run(testkit(pod, &args), "client", T);
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -178,14 +182,27 @@ fn svids_rotate_under_a_live_stream_without_losing_a_byte() {
     let started = std::time::Instant::now();
     let got = procs::run_ok(
         // 96 MiB at 12 MiB/s: an 8-second stream across several 2-second renewals.
-        testkit(&client, &["source", &format!("{}:9000", server.ip), "--bytes", &BYTES.to_string(), "--rate", &(12u64 << 20).to_string()]),
+        testkit(
+            &client,
+            &[
+                "source",
+                &format!("{}:9000", server.ip),
+                "--bytes",
+                &BYTES.to_string(),
+                "--rate",
+                &(12u64 << 20).to_string(),
+            ],
+        ),
         "source",
         Duration::from_secs(120),
     );
     let want = procs::run_ok(testkit(&client, &["expect", "--bytes", &BYTES.to_string()]), "expect", T);
     assert_eq!(got.trim(), want.trim(), "the stream must arrive intact across rotations");
     let after = serial(&agent_a);
-    assert!(started.elapsed() > Duration::from_secs(3) && before != after, "the SVID rotated during the stream ({before} → {after})");
+    assert!(
+        started.elapsed() > Duration::from_secs(3) && before != after,
+        "the SVID rotated during the stream ({before} → {after})"
+    );
     // New handshakes after the rotation use the new SVID and work.
     let (ok, out, err) = connect(&client, &format!("{}:9000", server.ip), Some("after"));
     assert!(ok && out.trim().ends_with(" 5"), "{out} {err}");

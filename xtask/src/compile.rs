@@ -30,9 +30,15 @@ pub fn build_ebpf() -> Result<()> {
 pub fn build_all() -> Result<()> {
     build_ebpf()?;
     let mut cmd = Command::new(cargo());
-    cmd.current_dir(workspace_root())
-        .env("MESHD_EBPF_OBJECT", ebpf_object())
-        .args(["build", "--package", "meshd", "--package", "meshd-tests", "--bins", "--tests"]);
+    cmd.current_dir(workspace_root()).env("MESHD_EBPF_OBJECT", ebpf_object()).args([
+        "build",
+        "--package",
+        "meshd",
+        "--package",
+        "meshd-tests",
+        "--bins",
+        "--tests",
+    ]);
     run_live(&mut cmd, "build meshd and the test binaries")?;
     Ok(())
 }

@@ -106,7 +106,8 @@ fn bpf_linker_works(llvm: &Path) -> bool {
     which
         .map(|o| {
             let text = String::from_utf8_lossy(&o.stdout);
-            !text.contains("not found") && text.lines().any(|l| l.contains("libLLVM.so.") && l.contains(&format!(".so.{major}.")))
+            !text.contains("not found")
+                && text.lines().any(|l| l.contains("libLLVM.so.") && l.contains(&format!(".so.{major}.")))
         })
         .unwrap_or(false)
 }
@@ -135,7 +136,13 @@ fn bpf_linker() -> Result<()> {
     run_cmd(
         Command::new("cargo")
             .env("LLVM_PREFIX", &prefix)
-            .args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}"), "--locked", "--force", "--no-default-features"])
+            .args([
+                "install",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                "--locked",
+                "--force",
+                "--no-default-features",
+            ])
             .args(["--features", &format!("llvm-{major}")]),
         "cargo install bpf-linker",
     )?;

@@ -39,7 +39,12 @@ pub fn test(args: &TestArgs) -> Result<()> {
             results.push((name, r, start.elapsed().as_secs_f64()));
         }
     };
-    tier("checks", &|| run_live(Command::new(cargo()).current_dir(workspace_root()).args(["fmt", "--all", "--", "--check"]), "cargo fmt --check"));
+    tier("checks", &|| {
+        run_live(
+            Command::new(cargo()).current_dir(workspace_root()).args(["fmt", "--all", "--", "--check"]),
+            "cargo fmt --check",
+        )
+    });
     let built = compile::build_all();
     if let Err(e) = built {
         bail!("build failed, no test ran: {e:#}");

@@ -94,16 +94,9 @@ pub fn unique_suffix() -> String {
 
 /// Runs a command to completion, failing with its stderr if it exits non-zero.
 pub fn run_cmd(cmd: &mut Command, what: &str) -> Result<Output> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("{what}: spawning {:?}", cmd.get_program()))?;
+    let out = cmd.output().with_context(|| format!("{what}: spawning {:?}", cmd.get_program()))?;
     if !out.status.success() {
-        bail!(
-            "{what}: {:?} failed ({}):\n{}",
-            cmd,
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim_end()
-        );
+        bail!("{what}: {:?} failed ({}):\n{}", cmd, out.status, String::from_utf8_lossy(&out.stderr).trim_end());
     }
     Ok(out)
 }
@@ -134,26 +127,18 @@ pub fn tail(text: &str, n: usize) -> String {
 
 /// Reads a file as (lossy) text; a missing file reads as empty.
 pub fn read_lossy(path: &Path) -> String {
-    std::fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).replace('\r', ""))
-        .unwrap_or_default()
+    std::fs::read(path).map(|b| String::from_utf8_lossy(&b).replace('\r', "")).unwrap_or_default()
 }
 
 /// True when the environment variable is set to something other than empty/0.
 pub fn env_flag(name: &str) -> bool {
-    std::env::var(name)
-        .map(|v| !v.is_empty() && v != "0")
-        .unwrap_or(false)
+    std::env::var(name).map(|v| !v.is_empty() && v != "0").unwrap_or(false)
 }
 
 /// Paths handed to qemu options and the kernel command line must not need quoting.
 pub fn check_plain_path(path: &Path) -> Result<&str> {
-    let s = path
-        .to_str()
-        .with_context(|| format!("path is not UTF-8: {}", path.display()))?;
-    if s.chars()
-        .any(|c| c.is_whitespace() || c == ',' || c == '"' || c == '\'')
-    {
+    let s = path.to_str().with_context(|| format!("path is not UTF-8: {}", path.display()))?;
+    if s.chars().any(|c| c.is_whitespace() || c == ',' || c == '"' || c == '\'') {
         bail!("path {s:?} contains whitespace, a comma or a quote; the VM runner cannot pass it to qemu");
     }
     Ok(s)
@@ -171,10 +156,7 @@ mod tests {
         assert_eq!(tail("1\n2\n3\n", 2), "2\n3");
         assert!(check_plain_path(Path::new("/work/x y")).is_err());
         assert!(check_plain_path(Path::new("/work/a,b")).is_err());
-        assert_eq!(
-            check_plain_path(Path::new("/work/7.3.4-1~bpo13+1")).ok(),
-            Some("/work/7.3.4-1~bpo13+1")
-        );
+        assert_eq!(check_plain_path(Path::new("/work/7.3.4-1~bpo13+1")).ok(), Some("/work/7.3.4-1~bpo13+1"));
     }
 
     #[test]

@@ -28,9 +28,7 @@ impl Accel {
 /// succeeded on this host (verdict cached in `target/vm/accel.json`), else TCG.
 pub fn accel(kernel: &Kernel) -> Result<Accel> {
     static VERDICT: std::sync::Mutex<Option<Accel>> = std::sync::Mutex::new(None);
-    let mut verdict = VERDICT
-        .lock()
-        .map_err(|_| anyhow::anyhow!("accel verdict lock poisoned"))?;
+    let mut verdict = VERDICT.lock().map_err(|_| anyhow::anyhow!("accel verdict lock poisoned"))?;
     if let Some(accel) = *verdict {
         return Ok(accel);
     }
@@ -47,27 +45,16 @@ pub fn accel(kernel: &Kernel) -> Result<Accel> {
 
 fn probe_kvm(kernel: &Kernel) -> Result<Accel> {
     let cache = vm_dir()?.join("accel.json");
-    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .context("reading the host release")?;
-    let qemu = super::cmd_stdout(
-        Command::new("qemu-system-x86_64").arg("--version"),
-        "qemu-system-x86_64 --version",
-    )?;
+    let host = std::fs::read_to_string("/proc/sys/kernel/osrelease").context("reading the host release")?;
+    let qemu = super::cmd_stdout(Command::new("qemu-system-x86_64").arg("--version"), "qemu-system-x86_64 --version")?;
     let key = format!("{} / {}", host.trim(), qemu.lines().next().unwrap_or(""));
     if let Ok(text) = std::fs::read_to_string(&cache) {
         let cached: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
         if cached["key"] == key.as_str() {
-            return Ok(if cached["kvm"] == true {
-                Accel::Kvm
-            } else {
-                Accel::Tcg
-            });
+            return Ok(if cached["kvm"] == true { Accel::Kvm } else { Accel::Tcg });
         }
     }
-    eprintln!(
-        "vm: probing KVM with a 20 s test boot (once per host; verdict goes to {})",
-        cache.display()
-    );
+    eprintln!("vm: probing KVM with a 20 s test boot (once per host; verdict goes to {})", cache.display());
     let mut probe = VmRun::new(kernel.clone(), &["true"]);
     probe.timeout = Duration::from_secs(20);
     probe.memory_mb = 256;
@@ -77,22 +64,14 @@ fn probe_kvm(kernel: &Kernel) -> Result<Accel> {
     let (works, detail) = match &result {
         Ok(o) if o.exit_code == 0 => (true, format!("booted in {:.1?}", o.duration)),
         Ok(o) => (false, format!("exit code {}", o.exit_code)),
-        Err(e) => (
-            false,
-            format!("{e:#}").lines().next().unwrap_or("").to_string(),
-        ),
+        Err(e) => (false, format!("{e:#}").lines().next().unwrap_or("").to_string()),
     };
     eprintln!(
         "vm: KVM {}: {}",
-        if works {
-            "works"
-        } else {
-            "does not work, using TCG"
-        },
+        if works { "works" } else { "does not work, using TCG" },
         detail.lines().next().unwrap_or("")
     );
     let json = serde_json::json!({ "key": key, "kvm": works, "detail": detail });
-    std::fs::write(&cache, json.to_string())
-        .with_context(|| format!("writing {}", cache.display()))?;
+    std::fs::write(&cache, json.to_string()).with_context(|| format!("writing {}", cache.display()))?;
     Ok(if works { Accel::Kvm } else { Accel::Tcg })
 }

@@ -32,21 +32,15 @@ impl Apt {
     pub fn new(dir: &Path) -> Result<Apt> {
         for sub in ["lists/partial", "cache"] {
             let path = dir.join(sub);
-            std::fs::create_dir_all(&path)
-                .with_context(|| format!("creating {}", path.display()))?;
+            std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
         }
-        let mut sources =
-            String::from("# written by cargo xtask (vm/apt.rs); private to the VM runner\n");
+        let mut sources = String::from("# written by cargo xtask (vm/apt.rs); private to the VM runner\n");
         for (uri, suite) in SUITES {
-            sources.push_str(&format!(
-                "deb [signed-by={KEYRING} target=Packages] {uri} {suite} main\n"
-            ));
+            sources.push_str(&format!("deb [signed-by={KEYRING} target=Packages] {uri} {suite} main\n"));
         }
         let list = dir.join("sources.list");
         std::fs::write(&list, sources).with_context(|| format!("writing {}", list.display()))?;
-        Ok(Apt {
-            dir: dir.to_path_buf(),
-        })
+        Ok(Apt { dir: dir.to_path_buf() })
     }
 
     fn cmd(&self, program: &str) -> Command {
@@ -74,22 +68,16 @@ impl Apt {
     /// `apt-get update` against the private sources (once per process).
     pub fn update(&self) -> Result<()> {
         static DONE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
-        let mut done = DONE
-            .lock()
-            .map_err(|_| anyhow::anyhow!("apt update lock poisoned"))?;
+        let mut done = DONE.lock().map_err(|_| anyhow::anyhow!("apt update lock poisoned"))?;
         if *done {
             return Ok(());
         }
         let mut cmd = self.cmd("apt-get");
         cmd.args(["-q", "update"]);
         let out = run_cmd(&mut cmd, "apt-get update (private kernel sources)")?;
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
         // A suite that vanished from the mirror is not fatal; the choice below sees what is left.
-        for line in text
-            .lines()
-            .filter(|l| l.starts_with("E:") || l.starts_with("Err:") || l.starts_with("W:"))
-        {
+        for line in text.lines().filter(|l| l.starts_with("E:") || l.starts_with("Err:") || l.starts_with("W:")) {
             eprintln!("vm: apt-get update (private kernel sources): {line}");
         }
         *done = true;
@@ -107,10 +95,7 @@ impl Apt {
             if cols.len() < 3 || cols[0] != package {
                 continue;
             }
-            let suite = cols[2]
-                .split_whitespace()
-                .nth(1)
-                .and_then(|s| s.split('/').next());
+            let suite = cols[2].split_whitespace().nth(1).and_then(|s| s.split('/').next());
             if let Some(suite) = suite {
                 found.push((cols[1].to_string(), suite.to_string()));
             }
@@ -130,11 +115,8 @@ impl Apt {
             let mut cmd = self.cmd("apt-cache");
             cmd.args(["show", "--no-all-versions", &format!("{pkg}={version}")]);
             let text = cmd_stdout(&mut cmd, &format!("apt-cache show {pkg}={version}"))?;
-            let depends = text
-                .lines()
-                .take_while(|l| !l.is_empty())
-                .find_map(|l| l.strip_prefix("Depends:"))
-                .unwrap_or("");
+            let depends =
+                text.lines().take_while(|l| !l.is_empty()).find_map(|l| l.strip_prefix("Depends:")).unwrap_or("");
             for alt in depends.split([',', '|']) {
                 let alt = alt.trim();
                 let name = alt.split([' ', '(', ':']).next().unwrap_or("");
@@ -149,27 +131,15 @@ impl Apt {
     }
 
     /// `apt-get download name=version…` into `dest`; returns the .deb paths.
-    pub fn download(
-        &self,
-        packages: &[String],
-        version: &str,
-        dest: &Path,
-    ) -> Result<Vec<PathBuf>> {
+    pub fn download(&self, packages: &[String], version: &str, dest: &Path) -> Result<Vec<PathBuf>> {
         std::fs::create_dir_all(dest).with_context(|| format!("creating {}", dest.display()))?;
         let mut cmd = self.cmd("apt-get");
         cmd.current_dir(dest).args(["-q", "download"]);
         cmd.args(packages.iter().map(|p| format!("{p}={version}")));
-        run_cmd(
-            &mut cmd,
-            &format!("apt-get download {}", packages.join(" ")),
-        )?;
+        run_cmd(&mut cmd, &format!("apt-get download {}", packages.join(" ")))?;
         let mut debs = Vec::new();
-        for entry in
-            std::fs::read_dir(dest).with_context(|| format!("listing {}", dest.display()))?
-        {
-            let path = entry
-                .with_context(|| format!("listing {}", dest.display()))?
-                .path();
+        for entry in std::fs::read_dir(dest).with_context(|| format!("listing {}", dest.display()))? {
+            let path = entry.with_context(|| format!("listing {}", dest.display()))?.path();
             let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
             let wanted = packages.iter().any(|p| name.starts_with(&format!("{p}_")));
             if wanted && name.ends_with(".deb") {

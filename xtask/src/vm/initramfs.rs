@@ -20,9 +20,7 @@ pub fn ensure(kernel: &Kernel) -> Result<PathBuf> {
     let kmoddir = fs::canonicalize(kernel.modules_dir())
         .with_context(|| format!("resolving {}", kernel.modules_dir().display()))?;
     let kmoddir = check_plain_path(&kmoddir)?.to_string();
-    let init = INIT
-        .replace("@KVER@", &kernel.release)
-        .replace("@KMODDIR@", &kmoddir);
+    let init = INIT.replace("@KVER@", &kernel.release).replace("@KMODDIR@", &kmoddir);
     let key = fingerprint(&[init.as_bytes(), MODULES.join(" ").as_bytes()]);
     let dir = kernel.vmlinux.parent().context("kernel dir")?;
     let archive = dir.join(format!("initramfs-{key}.cpio"));
@@ -33,10 +31,8 @@ pub fn ensure(kernel: &Kernel) -> Result<PathBuf> {
     if staging.exists() {
         fs::remove_dir_all(&staging).with_context(|| format!("removing {}", staging.display()))?;
     }
-    fs::create_dir_all(staging.join("bin"))
-        .with_context(|| format!("creating {}", staging.display()))?;
-    fs::create_dir_all(staging.join("modules"))
-        .with_context(|| format!("creating {}", staging.display()))?;
+    fs::create_dir_all(staging.join("bin")).with_context(|| format!("creating {}", staging.display()))?;
+    fs::create_dir_all(staging.join("modules")).with_context(|| format!("creating {}", staging.display()))?;
 
     check_static(Path::new(BUSYBOX))?;
     fs::copy(BUSYBOX, staging.join("bin/busybox")).with_context(|| format!("copying {BUSYBOX}"))?;
@@ -51,8 +47,7 @@ pub fn ensure(kernel: &Kernel) -> Result<PathBuf> {
 
     let tmp = dir.join(format!("initramfs.cpio.tmp-{}", super::unique_suffix()));
     make_cpio(&staging, &tmp)?;
-    fs::rename(&tmp, &archive)
-        .with_context(|| format!("renaming {} -> {}", tmp.display(), archive.display()))?;
+    fs::rename(&tmp, &archive).with_context(|| format!("renaming {} -> {}", tmp.display(), archive.display()))?;
     fs::remove_dir_all(&staging).with_context(|| format!("removing {}", staging.display()))?;
     Ok(archive)
 }
@@ -60,14 +55,8 @@ pub fn ensure(kernel: &Kernel) -> Result<PathBuf> {
 /// The module files for [`MODULES`] and their dependencies, in load order, without repeats.
 fn module_files(kernel: &Kernel) -> Result<Vec<PathBuf>> {
     let mut cmd = Command::new("modprobe");
-    cmd.arg("-d")
-        .arg(&kernel.root)
-        .args(["-S", &kernel.release, "-a", "--show-depends"])
-        .args(MODULES);
-    let text = cmd_stdout(
-        &mut cmd,
-        &format!("resolving initramfs modules for {}", kernel.release),
-    )?;
+    cmd.arg("-d").arg(&kernel.root).args(["-S", &kernel.release, "-a", "--show-depends"]).args(MODULES);
+    let text = cmd_stdout(&mut cmd, &format!("resolving initramfs modules for {}", kernel.release))?;
     let mut files: Vec<PathBuf> = Vec::new();
     for line in text.lines() {
         let mut words = line.split_whitespace();
@@ -84,10 +73,7 @@ fn module_files(kernel: &Kernel) -> Result<Vec<PathBuf>> {
 /// Copies a module into `dest`, decompressing `.xz`/`.zst`/`.gz` (busybox insmod and older kernels
 /// cannot load compressed modules). Returns the file name.
 fn decompress_module(module: &Path, dest: &Path) -> Result<String> {
-    let name = module
-        .file_name()
-        .and_then(|n| n.to_str())
-        .context("module file name")?;
+    let name = module.file_name().and_then(|n| n.to_str()).context("module file name")?;
     let (plain, tool): (&str, Option<&str>) = if let Some(n) = name.strip_suffix(".xz") {
         (n, Some("xz"))
     } else if let Some(n) = name.strip_suffix(".zst") {
@@ -103,8 +89,7 @@ fn decompress_module(module: &Path, dest: &Path) -> Result<String> {
             fs::copy(module, &out).with_context(|| format!("copying {}", module.display()))?;
         }
         Some(tool) => {
-            let file =
-                fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
+            let file = fs::File::create(&out).with_context(|| format!("creating {}", out.display()))?;
             let mut cmd = Command::new(tool);
             cmd.args(["-dc", "-q"]).arg(module).stdout(file);
             run_cmd(&mut cmd, &format!("decompressing {}", module.display()))?;
@@ -114,14 +99,10 @@ fn decompress_module(module: &Path, dest: &Path) -> Result<String> {
 }
 
 fn check_static(path: &Path) -> Result<()> {
-    let data = fs::read(path)
-        .with_context(|| format!("reading {} (install busybox-static)", path.display()))?;
+    let data = fs::read(path).with_context(|| format!("reading {} (install busybox-static)", path.display()))?;
     let head = &data[..data.len().min(4096)];
     if head.windows(7).any(|w| w == b"ld-linu") {
-        bail!(
-            "{} is dynamically linked; install busybox-static",
-            path.display()
-        );
+        bail!("{} is dynamically linked; install busybox-static", path.display());
     }
     Ok(())
 }
@@ -129,8 +110,7 @@ fn check_static(path: &Path) -> Result<()> {
 fn write_executable(path: &Path, text: &str) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(0o755))
-        .with_context(|| format!("chmod {}", path.display()))
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755)).with_context(|| format!("chmod {}", path.display()))
 }
 
 /// `cpio -o -H newc` of everything under `dir`, owned by root.
@@ -146,12 +126,7 @@ fn make_cpio(dir: &Path, out: &Path) -> Result<()> {
         .spawn()
         .context("spawning cpio (install cpio)")?;
     let list: String = names.iter().map(|n| format!("{n}\n")).collect();
-    child
-        .stdin
-        .take()
-        .context("cpio stdin")?
-        .write_all(list.as_bytes())
-        .context("writing to cpio")?;
+    child.stdin.take().context("cpio stdin")?.write_all(list.as_bytes()).context("writing to cpio")?;
     let status = child.wait().context("waiting for cpio")?;
     if !status.success() {
         bail!("cpio failed ({status}) building {}", out.display());
@@ -169,11 +144,7 @@ fn collect(base: &Path, rel: &Path, names: &mut Vec<String>) -> Result<()> {
     for entry in entries {
         let rel = rel.join(entry.file_name());
         names.push(rel.to_string_lossy().into_owned());
-        if entry
-            .file_type()
-            .with_context(|| format!("stat {}", rel.display()))?
-            .is_dir()
-        {
+        if entry.file_type().with_context(|| format!("stat {}", rel.display()))?.is_dir() {
             collect(base, &rel, names)?;
         }
     }

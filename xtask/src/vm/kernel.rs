@@ -78,8 +78,7 @@ impl Kernel {
 }
 
 fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
@@ -97,9 +96,7 @@ pub fn ensure(choice: KernelChoice, refresh: bool) -> Result<Kernel> {
     };
     std::fs::create_dir_all(&kernels).with_context(|| format!("creating {}", kernels.display()))?;
     let pointer = kernels.join(format!("{}.json", choice.name()));
-    let cached: Option<Kernel> = read_json(&pointer)
-        .ok()
-        .filter(|k: &Kernel| k.vmlinux.is_file());
+    let cached: Option<Kernel> = read_json(&pointer).ok().filter(|k: &Kernel| k.vmlinux.is_file());
     if let (Some(k), false) = (&cached, refresh) {
         return Ok(k.clone());
     }
@@ -108,11 +105,7 @@ pub fn ensure(choice: KernelChoice, refresh: bool) -> Result<Kernel> {
     let (version, suite) = match (resolved, cached) {
         (Ok(v), _) => v,
         (Err(e), Some(k)) => {
-            eprintln!(
-                "vm: cannot refresh the {} kernel ({e:#}); keeping cached {}",
-                choice.name(),
-                k.version
-            );
+            eprintln!("vm: cannot refresh the {} kernel ({e:#}); keeping cached {}", choice.name(), k.version);
             return Ok(k);
         }
         (Err(e), None) => return Err(e.context(format!("resolving the {} kernel", choice.name()))),
@@ -138,12 +131,7 @@ fn newest_version(apt: &Apt, choice: KernelChoice) -> Result<(String, String)> {
             best = Some((version, suite));
         }
     }
-    best.with_context(|| {
-        format!(
-            "no {META} for the {} choice in the private apt lists",
-            choice.name()
-        )
-    })
+    best.with_context(|| format!("no {META} for the {} choice in the private apt lists", choice.name()))
 }
 
 /// Downloads and prepares `linux-image-amd64=version` into `kernels/<version>/` (idempotent).
@@ -168,28 +156,21 @@ fn install(apt: &Apt, kernels: &Path, version: &str, suite: &str) -> Result<Kern
         cmd.arg("-x").arg(deb).arg(&root);
         run_cmd(&mut cmd, &format!("extracting {}", deb.display()))?;
     }
-    std::fs::remove_dir_all(&debs_dir)
-        .with_context(|| format!("removing {}", debs_dir.display()))?;
+    std::fs::remove_dir_all(&debs_dir).with_context(|| format!("removing {}", debs_dir.display()))?;
 
     // Newer packages install to usr/lib/modules; make lib/modules work for depmod -b and modprobe -d.
     if !root.join("lib").exists() && root.join("usr/lib/modules").is_dir() {
-        std::os::unix::fs::symlink("usr/lib", root.join("lib"))
-            .context("linking root/lib -> usr/lib")?;
+        std::os::unix::fs::symlink("usr/lib", root.join("lib")).context("linking root/lib -> usr/lib")?;
     }
     let release = single_subdir(&root.join("lib/modules"))?;
-    let vmlinuz = [
-        root.join("boot").join(format!("vmlinuz-{release}")),
-        root.join("lib/modules").join(&release).join("vmlinuz"),
-    ]
-    .into_iter()
-    .find(|p| p.is_file())
-    .with_context(|| format!("no vmlinuz for {release} in the packages {packages:?}"))?;
+    let vmlinuz =
+        [root.join("boot").join(format!("vmlinuz-{release}")), root.join("lib/modules").join(&release).join("vmlinuz")]
+            .into_iter()
+            .find(|p| p.is_file())
+            .with_context(|| format!("no vmlinuz for {release} in the packages {packages:?}"))?;
     let mut depmod = Command::new("depmod");
     depmod.arg("-b").arg(&root).arg(&release);
-    run_cmd(
-        &mut depmod,
-        &format!("depmod -b {} {release}", root.display()),
-    )?;
+    run_cmd(&mut depmod, &format!("depmod -b {} {release}", root.display()))?;
     extract_vmlinux(&vmlinuz, &tmp.join("vmlinux"))?;
 
     let kernel = Kernel {
@@ -208,16 +189,10 @@ fn install(apt: &Apt, kernels: &Path, version: &str, suite: &str) -> Result<Kern
         return Ok(theirs);
     }
     if dir.exists() {
-        std::fs::remove_dir_all(&dir)
-            .with_context(|| format!("removing incomplete {}", dir.display()))?;
+        std::fs::remove_dir_all(&dir).with_context(|| format!("removing incomplete {}", dir.display()))?;
     }
-    std::fs::rename(&tmp, &dir)
-        .with_context(|| format!("renaming {} -> {}", tmp.display(), dir.display()))?;
-    eprintln!(
-        "vm: kernel {} ({version}, {suite}) ready in {}",
-        kernel.release,
-        dir.display()
-    );
+    std::fs::rename(&tmp, &dir).with_context(|| format!("renaming {} -> {}", tmp.display(), dir.display()))?;
+    eprintln!("vm: kernel {} ({version}, {suite}) ready in {}", kernel.release, dir.display());
     Ok(kernel)
 }
 
@@ -231,10 +206,7 @@ fn single_subdir(dir: &Path) -> Result<String> {
     }
     match names.as_slice() {
         [one] => Ok(one.clone()),
-        _ => bail!(
-            "expected exactly one kernel release under {}, found {names:?}",
-            dir.display()
-        ),
+        _ => bail!("expected exactly one kernel release under {}, found {names:?}", dir.display()),
     }
 }
 
@@ -245,9 +217,7 @@ pub fn extract_vmlinux(bzimage: &Path, out: &Path) -> Result<()> {
     let what = || format!("extracting vmlinux from {}", bzimage.display());
     let data = std::fs::read(bzimage).with_context(what)?;
     let u32_at = |off: usize| -> Result<usize> {
-        let b = data
-            .get(off..off + 4)
-            .with_context(|| format!("{}: truncated header", bzimage.display()))?;
+        let b = data.get(off..off + 4).with_context(|| format!("{}: truncated header", bzimage.display()))?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
     };
     if data.get(0x202..0x206) != Some(b"HdrS".as_slice()) {
@@ -267,11 +237,7 @@ pub fn extract_vmlinux(bzimage: &Path, out: &Path) -> Result<()> {
         [0x28, 0xb5, 0x2f, 0xfd, ..] => &["zstd", "-dcq"],
         [0x1f, 0x8b, ..] => &["gzip", "-dc"],
         [0x02, 0x21, 0x4c, 0x18, ..] => &["lz4", "-dc"],
-        _ => bail!(
-            "{}: unknown payload compression {:02x?}",
-            bzimage.display(),
-            &payload[..payload.len().min(6)]
-        ),
+        _ => bail!("{}: unknown payload compression {:02x?}", bzimage.display(), &payload[..payload.len().min(6)]),
     };
     let file = std::fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
     let mut child = Command::new(tool[0])
@@ -280,12 +246,7 @@ pub fn extract_vmlinux(bzimage: &Path, out: &Path) -> Result<()> {
         .stdout(file)
         .spawn()
         .with_context(|| format!("{}: spawning {}", what(), tool[0]))?;
-    child
-        .stdin
-        .take()
-        .context("decompressor stdin")?
-        .write_all(payload)
-        .with_context(what)?;
+    child.stdin.take().context("decompressor stdin")?.write_all(payload).with_context(what)?;
     let status = child.wait().with_context(what)?;
     if !status.success() {
         bail!("{}: {} failed ({status})", what(), tool[0]);

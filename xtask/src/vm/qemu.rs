@@ -60,16 +60,14 @@ pub fn run(run: &VmRun) -> Result<VmOutcome> {
 }
 
 const SERIALS: [&str; 3] = ["console.log", "output.log", "status.log"];
-const GUEST_PATH: &str =
-    "/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+const GUEST_PATH: &str = "/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// [`run`] with a given accelerator.
 pub fn run_with(run: &VmRun, accel: Accel) -> Result<VmOutcome> {
     let run_dir = new_run_dir()?;
     let result = boot(run, accel, &run_dir);
     if result.is_ok() && !env_flag("MESHD_VM_KEEP") {
-        std::fs::remove_dir_all(&run_dir)
-            .with_context(|| format!("removing {}", run_dir.display()))?;
+        std::fs::remove_dir_all(&run_dir).with_context(|| format!("removing {}", run_dir.display()))?;
     }
     result
 }
@@ -81,37 +79,22 @@ pub(super) fn boot(run: &VmRun, accel: Accel, run_dir: &Path) -> Result<VmOutcom
         None => run_dir.join("out"),
     };
     std::fs::create_dir_all(&out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let out_dir = std::fs::canonicalize(&out_dir)
-        .with_context(|| format!("resolving {}", out_dir.display()))?;
+    let out_dir = std::fs::canonicalize(&out_dir).with_context(|| format!("resolving {}", out_dir.display()))?;
     let run_s = check_plain_path(run_dir)?;
     let out_s = check_plain_path(&out_dir)?;
     let script = guest_script(run, out_s)?;
     let script_path = run_dir.join("guest.sh");
-    std::fs::write(&script_path, script)
-        .with_context(|| format!("writing {}", script_path.display()))?;
+    std::fs::write(&script_path, script).with_context(|| format!("writing {}", script_path.display()))?;
 
     let loglevel = std::env::var("MESHD_VM_LOGLEVEL").unwrap_or_else(|_| "4".into());
     let mut cmd = Command::new("qemu-system-x86_64");
-    cmd.args([
-        "-M",
-        "pc",
-        "-smp",
-        "1",
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-no-reboot",
-    ]);
+    cmd.args(["-M", "pc", "-smp", "1", "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot"]);
     match accel {
         Accel::Tcg => cmd.args(["-accel", "tcg,thread=multi", "-cpu", "max"]),
         Accel::Kvm => cmd.args(["-accel", "kvm", "-cpu", "host"]),
     };
     cmd.arg("-m").arg(run.memory_mb.to_string());
-    cmd.arg("-kernel")
-        .arg(&run.kernel.vmlinux)
-        .arg("-initrd")
-        .arg(&initrd);
+    cmd.arg("-kernel").arg(&run.kernel.vmlinux).arg("-initrd").arg(&initrd);
     cmd.arg("-append").arg(format!(
         "console=ttyS0 loglevel={loglevel} panic=-1 rdinit=/init cryptomgr.notests=1 \
          meshd.run={run_s} meshd.out={out_s}"
@@ -119,22 +102,15 @@ pub(super) fn boot(run: &VmRun, accel: Accel, run_dir: &Path) -> Result<VmOutcom
     for name in SERIALS {
         cmd.arg("-serial").arg(format!("file:{}/{name}", run_s));
     }
-    cmd.arg("-virtfs")
-        .arg("local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap");
-    cmd.arg("-virtfs").arg(format!(
-        "local,path={out_s},mount_tag=meshdout,security_model=none,multidevs=remap"
-    ));
+    cmd.arg("-virtfs").arg("local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap");
+    cmd.arg("-virtfs").arg(format!("local,path={out_s},mount_tag=meshdout,security_model=none,multidevs=remap"));
     let cmdline = format!("{cmd:?}");
     std::fs::write(run_dir.join("qemu.cmd"), &cmdline).context("writing qemu.cmd")?;
     let qemu_log = std::fs::File::create(run_dir.join("qemu.log")).context("creating qemu.log")?;
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(qemu_log);
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(qemu_log);
 
     let start = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .context("spawning qemu-system-x86_64 (install qemu-system-x86)")?;
+    let mut child = cmd.spawn().context("spawning qemu-system-x86_64 (install qemu-system-x86)")?;
     let status = loop {
         if let Some(status) = child.try_wait().context("waiting for qemu")? {
             break Some(status);
@@ -152,10 +128,7 @@ pub(super) fn boot(run: &VmRun, accel: Accel, run_dir: &Path) -> Result<VmOutcom
     let output = read_lossy(&run_dir.join(SERIALS[1]));
     let status_log = read_lossy(&run_dir.join(SERIALS[2]));
     if env_flag("MESHD_VM_CONSOLE") {
-        eprintln!(
-            "--- {cmdline}\n--- guest console ({}):\n{console}\n--- end of console",
-            run_dir.display()
-        );
+        eprintln!("--- {cmdline}\n--- guest console ({}):\n{console}\n--- end of console", run_dir.display());
     }
 
     let exit_code = status_log
@@ -163,9 +136,7 @@ pub(super) fn boot(run: &VmRun, accel: Accel, run_dir: &Path) -> Result<VmOutcom
         .filter_map(|l| l.trim().strip_prefix("MESHD_VM_EXIT="))
         .next_back()
         .and_then(|v| v.trim().parse::<i32>().ok());
-    let init_failure = status_log
-        .lines()
-        .find_map(|l| l.strip_prefix("MESHD_VM_INIT_FAILED: "));
+    let init_failure = status_log.lines().find_map(|l| l.strip_prefix("MESHD_VM_INIT_FAILED: "));
     let problem = if status.is_none() {
         Some(format!("timed out after {:?}", run.timeout))
     } else if console.contains("Kernel panic") {
@@ -174,9 +145,7 @@ pub(super) fn boot(run: &VmRun, accel: Accel, run_dir: &Path) -> Result<VmOutcom
         Some(format!("guest init failed: {what}"))
     } else if exit_code.is_none() {
         let qemu = tail(&read_lossy(&run_dir.join("qemu.log")), 10);
-        Some(format!(
-            "the guest stopped without reporting an exit code (qemu: {status:?}; {qemu})"
-        ))
+        Some(format!("the guest stopped without reporting an exit code (qemu: {status:?}; {qemu})"))
     } else {
         None
     };
@@ -193,13 +162,7 @@ pub(super) fn boot(run: &VmRun, accel: Accel, run_dir: &Path) -> Result<VmOutcom
             tail(&output, 60)
         );
     }
-    Ok(VmOutcome {
-        exit_code: exit_code.unwrap_or(-1),
-        console,
-        output,
-        duration,
-        accel,
-    })
+    Ok(VmOutcome { exit_code: exit_code.unwrap_or(-1), console, output, duration, accel })
 }
 
 /// `target/vm/run-N`, N the lowest free number (mkdir is the atomic claim).
@@ -213,10 +176,7 @@ pub(super) fn new_run_dir() -> Result<PathBuf> {
             Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
         }
     }
-    bail!(
-        "no free run dir under {} (remove old run-* dirs)",
-        base.display()
-    )
+    bail!("no free run dir under {} (remove old run-* dirs)", base.display())
 }
 
 fn quote(s: &str) -> String {
@@ -250,9 +210,7 @@ fn guest_script(run: &VmRun, out: &str) -> Result<String> {
     // PID 1 must not exit (that panics): it ends by exec'ing busybox's synchronous power-off.
     let root = quote(check_plain_path(&root)?);
     let off = "exec /bin/busybox poweroff -f";
-    s.push_str(&format!(
-        "cd {root} || {{ echo \"MESHD_VM_INIT_FAILED: cd {root}\" >/dev/ttyS2; {off}; }}\n"
-    ));
+    s.push_str(&format!("cd {root} || {{ echo \"MESHD_VM_INIT_FAILED: cd {root}\" >/dev/ttyS2; {off}; }}\n"));
     let argv: Vec<String> = run.command.iter().map(|a| quote(a)).collect();
     s.push_str(&format!("{} </dev/null >/dev/ttyS1 2>&1\n", argv.join(" ")));
     s.push_str("echo \"MESHD_VM_EXIT=$?\" >/dev/ttyS2\n");

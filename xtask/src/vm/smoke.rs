@@ -40,24 +40,14 @@ impl Default for VmTestArgs {
 
 pub fn vm_test(args: &VmTestArgs) -> Result<()> {
     let start = Instant::now();
-    let choices = if args.kernels.is_empty() {
-        vec![KernelChoice::Bookworm, KernelChoice::Newest]
-    } else {
-        args.kernels.clone()
-    };
+    let choices =
+        if args.kernels.is_empty() { vec![KernelChoice::Bookworm, KernelChoice::Newest] } else { args.kernels.clone() };
     let mut kernels = Vec::new();
     for choice in choices {
         let k = kernel::ensure(choice, args.refresh)?;
         initramfs::ensure(&k)?;
-        let rekey = if k.has_ktls_rekey() {
-            "has kTLS rekey"
-        } else {
-            "NO kTLS rekey (< 6.14)"
-        };
-        println!(
-            "kernel {:8} {} (linux-image-amd64 {} from {}; {rekey})",
-            k.choice, k.release, k.version, k.suite
-        );
+        let rekey = if k.has_ktls_rekey() { "has kTLS rekey" } else { "NO kTLS rekey (< 6.14)" };
+        println!("kernel {:8} {} (linux-image-amd64 {} from {}; {rekey})", k.choice, k.release, k.version, k.suite);
         kernels.push(k);
     }
     let prepared = start.elapsed();
@@ -71,16 +61,10 @@ pub fn vm_test(args: &VmTestArgs) -> Result<()> {
         kernels.iter().map(|k| smoke_one(k, args.timeout)).collect()
     } else {
         std::thread::scope(|scope| {
-            let handles: Vec<_> = kernels
-                .iter()
-                .map(|k| scope.spawn(move || smoke_one(k, args.timeout)))
-                .collect();
+            let handles: Vec<_> = kernels.iter().map(|k| scope.spawn(move || smoke_one(k, args.timeout))).collect();
             handles
                 .into_iter()
-                .map(|h| {
-                    h.join()
-                        .unwrap_or_else(|_| json!({ "error": "smoke thread panicked" }))
-                })
+                .map(|h| h.join().unwrap_or_else(|_| json!({ "error": "smoke thread panicked" })))
                 .collect()
         })
     };
@@ -90,11 +74,7 @@ pub fn vm_test(args: &VmTestArgs) -> Result<()> {
         "\n== vm-test summary ({}, {} VMs {})",
         accel.name(),
         results.len(),
-        if args.sequential {
-            "in turn"
-        } else {
-            "at once"
-        }
+        if args.sequential { "in turn" } else { "at once" }
     );
     for r in &results {
         println!(
@@ -107,11 +87,7 @@ pub fn vm_test(args: &VmTestArgs) -> Result<()> {
         );
         for c in r["checks"].as_array().into_iter().flatten() {
             let status = c["status"].as_str().unwrap_or("?").to_uppercase();
-            println!(
-                "  {status:4} {:16} {}",
-                c["name"].as_str().unwrap_or("?"),
-                c["detail"].as_str().unwrap_or("")
-            );
+            println!("  {status:4} {:16} {}", c["name"].as_str().unwrap_or("?"), c["detail"].as_str().unwrap_or(""));
         }
         if let Some(e) = r["error"].as_str() {
             println!("  ERROR {e}");
@@ -127,11 +103,7 @@ pub fn vm_test(args: &VmTestArgs) -> Result<()> {
         println!("  tls_stat delta: {}", nonzero.join(", "));
     }
     let total = start.elapsed();
-    println!(
-        "total {:.1} s (kernel/initramfs preparation {:.1} s)",
-        total.as_secs_f64(),
-        prepared.as_secs_f64()
-    );
+    println!("total {:.1} s (kernel/initramfs preparation {:.1} s)", total.as_secs_f64(), prepared.as_secs_f64());
     let report = json!({
         "ok": ok,
         "accel": accel.name(),
@@ -165,28 +137,18 @@ fn smoke_one(k: &Kernel, timeout_s: u64) -> Value {
     });
     match run_smoke(k, Duration::from_secs(timeout_s)) {
         Ok((outcome, guest)) => {
-            let failed = guest["checks"]
-                .as_array()
-                .is_none_or(|cs| cs.iter().any(|c| c["status"] == "fail"));
+            let failed = guest["checks"].as_array().is_none_or(|cs| cs.iter().any(|c| c["status"] == "fail"));
             result["ok"] = json!(outcome.exit_code == 0 && !failed);
             result["exit_code"] = json!(outcome.exit_code);
             result["vm_seconds"] = json!(outcome.duration.as_secs_f64());
             result["accel"] = json!(outcome.accel.name());
             result["guest_uptime_at_start_s"] = guest["uptime_at_start"].clone();
-            for key in [
-                "checks",
-                "tls_stat_before",
-                "tls_stat_after",
-                "tls_stat_delta",
-            ] {
+            for key in ["checks", "tls_stat_before", "tls_stat_after", "tls_stat_delta"] {
                 result[key] = guest[key].clone();
             }
             if outcome.exit_code != 0 && guest.is_null() {
-                result["error"] = json!(format!(
-                    "smoke.py exited {}:\n{}",
-                    outcome.exit_code,
-                    tail(&outcome.output, 30)
-                ));
+                result["error"] =
+                    json!(format!("smoke.py exited {}:\n{}", outcome.exit_code, tail(&outcome.output, 30)));
             }
         }
         Err(e) => result["error"] = json!(format!("{e:#}")),
@@ -206,19 +168,14 @@ fn run_smoke(k: &Kernel, timeout: Duration) -> Result<(VmOutcome, Value)> {
     let mut run = VmRun::new(k.clone(), &["/usr/bin/python3", "-u", script_s]);
     run.timeout = timeout;
     run.out_dir = Some(out.clone());
-    run.env
-        .push(("MESHD_EXPECT_RELEASE".into(), k.release.clone()));
-    run.env.push((
-        "MESHD_EXPECT_REKEY".into(),
-        if k.has_ktls_rekey() { "1" } else { "0" }.into(),
-    ));
+    run.env.push(("MESHD_EXPECT_RELEASE".into(), k.release.clone()));
+    run.env.push(("MESHD_EXPECT_REKEY".into(), if k.has_ktls_rekey() { "1" } else { "0" }.into()));
     let outcome = qemu::run(&run)?;
     std::fs::write(out.join("output.log"), &outcome.output).context("writing output.log")?;
     std::fs::write(out.join("console.log"), &outcome.console).context("writing console.log")?;
     let result_path = out.join("result.json");
     let guest = match std::fs::read_to_string(&result_path) {
-        Ok(text) => serde_json::from_str(&text)
-            .with_context(|| format!("parsing {}", result_path.display()))?,
+        Ok(text) => serde_json::from_str(&text).with_context(|| format!("parsing {}", result_path.display()))?,
         Err(_) => Value::Null,
     };
     Ok((outcome, guest))
@@ -232,10 +189,7 @@ fn run_command(kernels: &[Kernel], command: &[String], timeout: Duration) -> Res
         run.command = command.to_vec();
         run.timeout = timeout;
         let outcome = qemu::run(&run)?;
-        println!(
-            "== {} ({}): exit {} after {:.1?}",
-            k.release, k.choice, outcome.exit_code, outcome.duration
-        );
+        println!("== {} ({}): exit {} after {:.1?}", k.release, k.choice, outcome.exit_code, outcome.duration);
         print!("{}", outcome.output);
         if outcome.exit_code != 0 {
             failed.push(k.release.clone());
