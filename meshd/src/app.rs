@@ -187,6 +187,11 @@ impl Agent {
         self.ktls.available && self.config.data_path != DataPathMode::Userspace
     }
 
+    /// Whether flows capture their traffic secrets (kernel TLS that can take new keys).
+    pub fn wants_secrets(&self) -> bool {
+        self.use_ktls() && self.ktls.rekey
+    }
+
     pub fn record_limit(&self) -> u64 {
         self.config.ktls_record_limit.unwrap_or(DEFAULT_RECORD_LIMIT)
     }

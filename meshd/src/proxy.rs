@@ -12,6 +12,7 @@ pub mod header;
 pub mod inbound;
 pub mod ktls;
 pub mod outbound;
+pub mod rekey;
 pub mod relay;
 pub mod splice;
 

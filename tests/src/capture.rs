@@ -11,6 +11,8 @@ use std::{
 
 use crate::cluster::Node;
 
+pub mod tls;
+
 /// A running capture; stop it to read the file.
 pub struct Capture {
     child: Option<Child>,
@@ -20,11 +22,19 @@ pub struct Capture {
 impl Capture {
     /// Captures full packets on `iface` of `node` into a file in the node's run folder.
     pub fn start(node: &Node, iface: &str, filter: &str) -> Self {
+        Self::start_limited(node, iface, filter, None)
+    }
+
+    /// As [`Capture::start`], stopping by itself after `packets` packets (for small guests).
+    pub fn start_limited(node: &Node, iface: &str, filter: &str, packets: Option<u32>) -> Self {
         crate::require::program("tcpdump", "tcpdump");
         let file = node.run_dir().join(format!("capture-{}-{iface}.pcap", node.name));
         let mut cmd = node.command("tcpdump");
         // A large kernel buffer (-B, KiB): at full mesh speed a small one drops packets.
         cmd.args(["-i", iface, "-s", "0", "-B", "262144", "-U", "-n", "-w"]).arg(&file);
+        if let Some(n) = packets {
+            cmd.args(["-c", &n.to_string()]);
+        }
         if !filter.is_empty() {
             cmd.arg(filter);
         }

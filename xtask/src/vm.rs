@@ -50,6 +50,7 @@ pub mod initramfs;
 pub mod kernel;
 pub mod qemu;
 pub mod smoke;
+pub mod tier;
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};

@@ -15,6 +15,7 @@ use tracing::{field, info, info_span, warn, Instrument};
 use super::{
     header::{self, Request, Response, Status},
     outbound::record_path,
+    rekey::SecretLog,
     relay::relay,
     reset_on_close, CloseReason, SETUP_TIMEOUT,
 };
@@ -34,7 +35,7 @@ pub async fn handle(agent: Arc<Agent>, workload: Arc<Workload>, tcp: TcpStream) 
     };
     let span = info_span!("inbound", workload = %workload.name, %peer, peer_id = field::Empty);
     async move {
-        let (mut tls, peer_id, dst) = match accept(&agent, &workload, tcp, local).await {
+        let (mut tls, peer_id, dst, secrets) = match accept(&agent, &workload, tcp, local).await {
             Ok(ok) => ok,
             Err(reason) => {
                 warn!(reason = %reason, "inbound flow refused");
@@ -50,7 +51,7 @@ pub async fn handle(agent: Arc<Agent>, workload: Arc<Workload>, tcp: TcpStream) 
             info!("flow opened");
             let reason = match connect_local(&workload, dst).await {
                 Ok(backend) => match respond(&mut tls, Response::new(Status::Ok, "")).await {
-                    Ok(()) => data_phase(&agent, backend, TlsStream::Server(tls), &guard, false).await,
+                    Ok(()) => data_phase(&agent, backend, TlsStream::Server(tls), &guard, secrets).await,
                     Err(e) => CloseReason::Setup(format!("send the mesh response: {e}")),
                 },
                 Err(response) => {
@@ -73,9 +74,18 @@ async fn accept(
     workload: &Workload,
     tcp: TcpStream,
     local: SocketAddr,
-) -> Result<(ServerTls, SpiffeId, SocketAddr), CloseReason> {
+) -> Result<(ServerTls, SpiffeId, SocketAddr, Option<Arc<SecretLog>>), CloseReason> {
     let setup = |what: &str, e: &dyn std::fmt::Display| CloseReason::Setup(format!("{what}: {e}"));
-    let acceptor = TlsAcceptor::from(Arc::clone(&workload.server));
+    let secrets = agent.wants_secrets().then(|| Arc::new(SecretLog::default()));
+    let config = match &secrets {
+        Some(log) => {
+            let mut c = (*workload.server).clone();
+            c.key_log = Arc::clone(log) as Arc<dyn rustls::KeyLog>;
+            Arc::new(c)
+        }
+        None => Arc::clone(&workload.server),
+    };
+    let acceptor = TlsAcceptor::from(config);
     let mut tls = timeout(SETUP_TIMEOUT, acceptor.accept(CorkStream::new(tcp)))
         .await
         .map_err(|_| setup("TLS handshake", &"timed out"))?
@@ -106,7 +116,7 @@ async fn accept(
         let _ = respond(&mut tls, Response::new(Status::Denied, reason.clone())).await;
         return Err(CloseReason::Refused { status: Status::Denied, reason });
     }
-    Ok((tls, peer_id, dst))
+    Ok((tls, peer_id, dst, secrets))
 }
 
 async fn connect_local(workload: &Workload, dst: SocketAddr) -> Result<TcpStream, Response> {
@@ -137,13 +147,19 @@ pub async fn data_phase(
     mut plain: TcpStream,
     tls: TlsStream<CorkStream<TcpStream>>,
     guard: &FlowGuard,
-    outbound: bool,
+    secrets: Option<Arc<SecretLog>>,
 ) -> CloseReason {
-    let _ = outbound;
     let reason = if agent.use_ktls() {
         record_path(guard, DataPath::Ktls);
+        let secrets = secrets.and_then(|log| {
+            let (state, client) = match &tls {
+                TlsStream::Client(c) => (c.get_ref().1.negotiated_cipher_suite(), true),
+                TlsStream::Server(s) => (s.get_ref().1.negotiated_cipher_suite(), false),
+            };
+            SecretLog::take(&log, state?, client)
+        });
         match super::ktls::install(tls).await {
-            Ok((drained, tcp)) => super::splice::run(agent, plain, tcp, drained, guard).await,
+            Ok((drained, tcp)) => super::splice::run(agent, plain, tcp, drained, secrets, guard).await,
             Err(e) => {
                 reset_on_close(&plain);
                 CloseReason::Error(format!("hand the keys to kernel TLS: {e}"))

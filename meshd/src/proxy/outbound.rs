@@ -14,6 +14,7 @@ use tracing::{field, info, info_span, warn, Instrument};
 
 use super::{
     header::{self, Request, Response, Status},
+    rekey::SecretLog,
     reset_on_close, CloseReason, SETUP_TIMEOUT,
 };
 use crate::{
@@ -56,21 +57,26 @@ async fn run(
     dst: SocketAddr,
     guard: &FlowGuard,
 ) -> CloseReason {
-    let tls = match setup(agent, source, dst, guard).await {
-        Ok(tls) => tls,
+    let (tls, secrets) = match setup(agent, source, dst, guard).await {
+        Ok(ok) => ok,
         Err(reason) => {
             warn!(reason = %reason, "flow refused");
             reset_on_close(&sock);
             return reason;
         }
     };
-    super::inbound::data_phase(agent, sock, tokio_rustls::TlsStream::Client(tls), guard, true).await
+    super::inbound::data_phase(agent, sock, tokio_rustls::TlsStream::Client(tls), guard, secrets).await
 }
 
 type ClientTls = tokio_rustls::client::TlsStream<CorkStream<TcpStream>>;
 
 /// Connects to the destination agent, handshakes, and exchanges the mesh header.
-async fn setup(agent: &Agent, source: &Workload, dst: SocketAddr, guard: &FlowGuard) -> Result<ClientTls, CloseReason> {
+async fn setup(
+    agent: &Agent,
+    source: &Workload,
+    dst: SocketAddr,
+    guard: &FlowGuard,
+) -> Result<(ClientTls, Option<Arc<SecretLog>>), CloseReason> {
     let remote = SocketAddr::new(dst.ip(), agent.config.ports.inbound);
     let setup_err = |what: &str, e: &dyn std::fmt::Display| CloseReason::Setup(format!("{what} {remote}: {e}"));
     let std_sock =
@@ -80,7 +86,17 @@ async fn setup(agent: &Agent, source: &Workload, dst: SocketAddr, guard: &FlowGu
         .await
         .map_err(|_| setup_err("connect to the destination agent at", &"timed out"))?
         .map_err(|e| setup_err("connect to the destination agent at", &e))?;
-    let connector = TlsConnector::from(Arc::clone(&source.client));
+    // Where kernel TLS can rekey, capture this connection's traffic secrets for KeyUpdate.
+    let secrets = agent.wants_secrets().then(|| Arc::new(SecretLog::default()));
+    let config = match &secrets {
+        Some(log) => {
+            let mut c = (*source.client).clone();
+            c.key_log = Arc::clone(log) as Arc<dyn rustls::KeyLog>;
+            Arc::new(c)
+        }
+        None => Arc::clone(&source.client),
+    };
+    let connector = TlsConnector::from(config);
     let name = ServerName::IpAddress(dst.ip().into());
     let mut tls = timeout(SETUP_TIMEOUT, connector.connect(name, CorkStream::new(tcp)))
         .await
@@ -107,7 +123,7 @@ async fn setup(agent: &Agent, source: &Workload, dst: SocketAddr, guard: &FlowGu
     if response.status != Status::Ok {
         return Err(CloseReason::Refused { status: response.status, reason: response.reason });
     }
-    Ok(tls)
+    Ok((tls, secrets))
 }
 
 /// Records the data path chosen for a flow.

@@ -9,21 +9,32 @@
 //! kernels that cannot rekey; see `docs/ARCHITECTURE.md`).
 //!
 //! Record limit: each direction counts the records it sends (at most ceil(n / 16 KiB) per
-//! splice). AES-GCM must not encrypt more than 2^24.5 records under one key; before the
-//! configured limit the flow is closed cleanly, with a log line, rather than risk the key.
+//! splice). AES-GCM must not encrypt more than 2^24.5 records under one key. At the configured
+//! limit the sender performs a TLS 1.3 KeyUpdate where the kernel can take new keys (≥ 6.14,
+//! see `rekey.rs`); elsewhere the flow is closed cleanly, with a log line, rather than risk the
+//! key. A KeyUpdate from the peer is applied the same way (and answered when it asks).
 
 use std::{
     io::{self, Write},
     net::Shutdown,
     os::fd::{AsFd, AsRawFd, OwnedFd},
-    sync::{atomic::Ordering, Arc},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
 };
 
+use ktls_sys::bindings as sys;
 use nix::fcntl::{splice, SpliceFFlags};
 use tokio::net::TcpStream;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
-use super::{ktls, relay::idle_watch, reset_on_close, CloseReason};
+use super::{
+    ktls,
+    rekey::{Secret, KEY_UPDATE},
+    relay::idle_watch,
+    reset_on_close, CloseReason,
+};
 use crate::{app::Agent, flows::Flow};
 
 const CHUNK: usize = 64 * 1024;
@@ -42,6 +53,7 @@ pub async fn run(
     plain: TcpStream,
     tls: TcpStream,
     drained: Option<Vec<u8>>,
+    secrets: Option<(Secret, Secret)>,
     guard: &crate::flows::FlowGuard,
 ) -> CloseReason {
     let (plain, tls) = match (blocking(plain), blocking(tls)) {
@@ -50,18 +62,28 @@ pub async fn run(
     };
     let limit = agent.record_limit();
     let flow = Arc::clone(&guard.flow);
+    let (tx_secret, rx_secret) = match secrets {
+        Some((tx, rx)) => (Some(tx), Some(rx)),
+        None => (None, None),
+    };
+    // Set by the receiving thread when the peer's KeyUpdate asks for ours.
+    let update_requested = Arc::new(AtomicBool::new(false));
     let (out_tx, out_rx) = tokio::sync::oneshot::channel();
     let (in_tx, in_rx) = tokio::sync::oneshot::channel();
     {
-        let (p, t, f) = (Arc::clone(&plain), Arc::clone(&tls), Arc::clone(&flow));
+        let (p, t, f, u) = (Arc::clone(&plain), Arc::clone(&tls), Arc::clone(&flow), Arc::clone(&update_requested));
+        let span = tracing::Span::current();
         std::thread::spawn(move || {
-            let _ = out_tx.send(finish(&p, &t, pump_out(&p, &t, &f, limit)));
+            let _entered = span.enter();
+            let _ = out_tx.send(finish(&p, &t, pump_out(&p, &t, &f, limit, tx_secret, &u)));
         });
     }
     {
-        let (p, t, f) = (Arc::clone(&plain), Arc::clone(&tls), Arc::clone(&flow));
+        let (p, t, f, u) = (Arc::clone(&plain), Arc::clone(&tls), Arc::clone(&flow), Arc::clone(&update_requested));
+        let span = tracing::Span::current();
         std::thread::spawn(move || {
-            let _ = in_tx.send(finish(&p, &t, pump_in(&t, &p, &f, drained)));
+            let _entered = span.enter();
+            let _ = in_tx.send(finish(&p, &t, pump_in(&t, &p, &f, drained, rx_secret, &u)));
         });
     }
     let both = async { (out_rx.await, in_rx.await) };
@@ -133,12 +155,24 @@ fn drain_pipe(pipe_r: &OwnedFd, to: &impl AsFd, mut n: usize) -> Result<(), Clos
     Ok(())
 }
 
+/// Sends KeyUpdate under the current key, then switches the kernel to the next one.
+fn update_tx(tls: &std::net::TcpStream, secret: &mut Secret) -> Result<(), CloseReason> {
+    ktls::send_record(tls.as_raw_fd(), ktls::RECORD_HANDSHAKE, &KEY_UPDATE)
+        .map_err(|e| io_fail("send KeyUpdate", e))?;
+    let info = secret.update().ok_or_else(|| CloseReason::Error("derive the next transmit key".into()))?;
+    info.install(tls.as_raw_fd(), sys::TLS_TX).map_err(|e| io_fail("install the next transmit key", e))?;
+    info!("kernel TLS transmit key updated (KeyUpdate sent)");
+    Ok(())
+}
+
 /// workload → kTLS (encrypting).
 fn pump_out(
     plain: &std::net::TcpStream,
     tls: &std::net::TcpStream,
     flow: &Flow,
     limit: u64,
+    mut secret: Option<Secret>,
+    update_requested: &AtomicBool,
 ) -> Result<(), CloseReason> {
     let (pipe_r, pipe_w) = pipe()?;
     let mut records = 0u64;
@@ -150,13 +184,31 @@ fn pump_out(
             let _ = tls.shutdown(Shutdown::Write);
             return Ok(());
         }
+        if update_requested.swap(false, Ordering::SeqCst) {
+            if let Some(s) = secret.as_mut() {
+                update_tx(tls, s)?;
+                records = 0;
+            }
+        }
         drain_pipe(&pipe_r, tls, n)?;
         flow.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
         records += (n as u64).div_ceil(MAX_RECORD);
         if records >= limit {
-            warn!(records, limit, "kernel TLS record limit for this key reached; closing the flow");
-            let _ = ktls::send_close_notify(tls.as_raw_fd());
-            return Err(CloseReason::RecordLimit);
+            match secret.as_mut() {
+                Some(s) => {
+                    update_tx(tls, s)?;
+                    records = 0;
+                }
+                None => {
+                    warn!(
+                        records,
+                        limit,
+                        "kernel TLS record limit for this key reached and this kernel cannot rekey; closing the flow"
+                    );
+                    let _ = ktls::send_close_notify(tls.as_raw_fd());
+                    return Err(CloseReason::RecordLimit);
+                }
+            }
         }
     }
 }
@@ -167,6 +219,8 @@ fn pump_in(
     mut plain: &std::net::TcpStream,
     flow: &Flow,
     drained: Option<Vec<u8>>,
+    mut secret: Option<Secret>,
+    update_requested: &AtomicBool,
 ) -> Result<(), CloseReason> {
     if let Some(bytes) = drained {
         plain.write_all(&bytes).map_err(|e| io_fail("write drained bytes", e))?;
@@ -194,8 +248,21 @@ fn pump_in(
                         return Err(CloseReason::Error(format!("TLS alert {desc} from the peer")))
                     }
                     (ktls::RECORD_HANDSHAKE, [4, ..]) => debug!("ignoring a NewSessionTicket"),
-                    (ktls::RECORD_HANDSHAKE, [24, ..]) => {
-                        return Err(CloseReason::Error("the peer sent a TLS KeyUpdate this kernel cannot apply".into()))
+                    (ktls::RECORD_HANDSHAKE, [24, 0, 0, 1, request]) => {
+                        let Some(s) = secret.as_mut() else {
+                            return Err(CloseReason::Error(
+                                "the peer sent a TLS KeyUpdate this kernel cannot apply".into(),
+                            ));
+                        };
+                        // The new key must be in place before the next read.
+                        let info =
+                            s.update().ok_or_else(|| CloseReason::Error("derive the next receive key".into()))?;
+                        info.install(tls.as_raw_fd(), sys::TLS_RX)
+                            .map_err(|e| io_fail("install the next receive key", e))?;
+                        info!(update_requested = *request == 1, "kernel TLS receive key updated (KeyUpdate received)");
+                        if *request == 1 {
+                            update_requested.store(true, Ordering::SeqCst);
+                        }
                     }
                     (ktls::RECORD_APPLICATION_DATA, data) => {
                         plain.write_all(data).map_err(|e| io_fail("write to the workload", e))?;

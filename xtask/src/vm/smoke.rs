@@ -23,6 +23,9 @@ pub struct VmTestArgs {
     /// Boot the kernels one after another instead of two VMs at once.
     #[arg(long)]
     sequential: bool,
+    /// Only the environment smoke check (python), not the kernel-TLS test tier.
+    #[arg(long)]
+    smoke: bool,
     /// Per-VM timeout in seconds.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
@@ -34,11 +37,15 @@ pub struct VmTestArgs {
 
 impl Default for VmTestArgs {
     fn default() -> Self {
-        Self { kernels: Vec::new(), refresh: false, sequential: false, timeout: 300, command: Vec::new() }
+        Self { kernels: Vec::new(), refresh: false, sequential: false, smoke: false, timeout: 300, command: Vec::new() }
     }
 }
 
 pub fn vm_test(args: &VmTestArgs) -> Result<()> {
+    if !args.smoke && args.command.is_empty() {
+        crate::compile::build_all()?;
+        return super::tier::run_tier(args.refresh, &[]);
+    }
     let start = Instant::now();
     let choices =
         if args.kernels.is_empty() { vec![KernelChoice::Bookworm, KernelChoice::Newest] } else { args.kernels.clone() };
