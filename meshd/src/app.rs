@@ -118,7 +118,11 @@ impl Agent {
         });
         let _ = agent.this.set(Arc::downgrade(&agent));
         for w in agent.config.workloads.clone() {
-            agent.enroll(w).await?;
+            if let Err(e) = agent.enroll(w).await {
+                // Leave nothing behind: detach what was attached, remove the pins.
+                agent.shutdown();
+                return Err(e);
+            }
         }
         if let Some(dp) = agent.lock_datapath().as_mut() {
             dp.release_stale();

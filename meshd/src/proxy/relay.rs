@@ -78,3 +78,6 @@ pub async fn idle_watch(flow: &Flow, limit: Duration) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
