@@ -21,10 +21,13 @@ pub enum Reason {
     GetsockoptNoSocket = 5,
     /// getsockopt(SO_ORIGINAL_DST): the socket is not a flow meshd redirected.
     GetsockoptNotFound = 6,
+    /// ingress: the packet's headers could not be read; it is let through to the socket, whose
+    /// own TCP stack then judges it.
+    IngressHeader = 7,
 }
 
 impl Reason {
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
     pub const ALL: [Reason; Self::COUNT as usize] = [
         Reason::ConnectRecordOrig,
         Reason::ConnectNoSocket,
@@ -33,6 +36,7 @@ impl Reason {
         Reason::GetsockoptShortBuffer,
         Reason::GetsockoptNoSocket,
         Reason::GetsockoptNotFound,
+        Reason::IngressHeader,
     ];
 
     /// Metric label value.
@@ -45,6 +49,7 @@ impl Reason {
             Reason::GetsockoptShortBuffer => "getsockopt_short_buffer",
             Reason::GetsockoptNoSocket => "getsockopt_no_socket",
             Reason::GetsockoptNotFound => "getsockopt_not_found",
+            Reason::IngressHeader => "ingress_header",
         }
     }
 }
@@ -66,10 +71,20 @@ pub enum Event {
     FlowRemoved = 4,
     /// getsockopt(SO_ORIGINAL_DST) answered from `ORIG_DST`.
     OrigDstAnswered = 5,
+    /// connect4/6 refused by policy before any packet left.
+    PolicyDenied = 6,
+    /// connect4/6: the destination has no known identity; the destination agent decides.
+    PolicyDeferred = 7,
+    /// ingress: a plaintext connection attempt to a strict workload was dropped.
+    PlaintextDropped = 8,
+    /// ingress: a plaintext connection attempt to a permissive workload was let in (counted).
+    PlaintextAccepted = 9,
+    /// ingress: a plaintext connection from an allowed source (health checks) was let in.
+    PlaintextAllowedSource = 10,
 }
 
 impl Event {
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 11;
     pub const ALL: [Event; Self::COUNT as usize] = [
         Event::Redirected,
         Event::Direct,
@@ -77,6 +92,11 @@ impl Event {
         Event::FlowRecorded,
         Event::FlowRemoved,
         Event::OrigDstAnswered,
+        Event::PolicyDenied,
+        Event::PolicyDeferred,
+        Event::PlaintextDropped,
+        Event::PlaintextAccepted,
+        Event::PlaintextAllowedSource,
     ];
 
     /// Metric label value.
@@ -88,6 +108,11 @@ impl Event {
             Event::FlowRecorded => "flow_recorded",
             Event::FlowRemoved => "flow_removed",
             Event::OrigDstAnswered => "orig_dst_answered",
+            Event::PolicyDenied => "policy_denied",
+            Event::PolicyDeferred => "policy_deferred",
+            Event::PlaintextDropped => "plaintext_dropped",
+            Event::PlaintextAccepted => "plaintext_accepted",
+            Event::PlaintextAllowedSource => "plaintext_allowed_source",
         }
     }
 }

@@ -9,7 +9,7 @@ pub mod counters;
 pub mod maps;
 
 pub use counters::{Event, Reason};
-pub use maps::{FlowKey, MeshedPorts, OrigDst, WorkloadInfo};
+pub use maps::{DenyKey, FlowKey, IdentityKey, MeshedPorts, OrigDst, PolicyKey, WorkloadInfo};
 
 /// `AF_INET`, as stored in the `family` fields below.
 pub const AF_INET: u16 = 2;
@@ -34,6 +34,13 @@ pub mod map_names {
     pub const ORIG_DST: &str = "ORIG_DST";
     pub const ERRORS: &str = "ERRORS";
     pub const EVENTS: &str = "EVENTS";
+    pub const POLICY_GEN: &str = "POLICY_GEN";
+    pub const IDENTITIES: &str = "IDENTITIES";
+    pub const POLICY: &str = "POLICY";
+    pub const DENIED: &str = "DENIED";
+    pub const PLAINTEXT: &str = "PLAINTEXT";
+    pub const PLAIN_ALLOW_V4: &str = "PLAIN_ALLOW_V4";
+    pub const PLAIN_ALLOW_V6: &str = "PLAIN_ALLOW_V6";
 }
 
 /// Names of the programs in the eBPF object.
@@ -42,7 +49,8 @@ pub mod program_names {
     pub const CONNECT6: &str = "meshd_connect6";
     pub const SOCKOPS: &str = "meshd_sockops";
     pub const GETSOCKOPT: &str = "meshd_getsockopt";
-    pub const ALL: [&str; 4] = [CONNECT4, CONNECT6, SOCKOPS, GETSOCKOPT];
+    pub const INGRESS: &str = "meshd_ingress";
+    pub const ALL: [&str; 5] = [CONNECT4, CONNECT6, SOCKOPS, GETSOCKOPT, INGRESS];
 }
 
 /// Capacity of the per-flow maps. `SOCK_ORIG` is an LRU map: an entry whose connect() never
@@ -51,6 +59,12 @@ pub const SOCK_ORIG_CAPACITY: u32 = 65_536;
 pub const ORIG_DST_CAPACITY: u32 = 65_536;
 pub const ENROLLED_CAPACITY: u32 = 4_096;
 pub const PREFIX_CAPACITY: u32 = 1_024;
+/// Addresses with a known identity, per generation (two generations live during a swap).
+pub const IDENTITY_CAPACITY: u32 = 65_536;
+/// Verdict entries, per two generations.
+pub const POLICY_CAPACITY: u32 = 262_144;
+/// Identity pairs whose denials are counted (LRU).
+pub const DENIED_CAPACITY: u32 = 4_096;
 /// How many cgroup levels above the socket's own cgroup the connect programs search for an
 /// enrolled workload (Kubernetes puts containers in child cgroups of the pod cgroup).
 pub const MAX_CGROUP_ANCESTORS: u32 = 12;

@@ -17,7 +17,8 @@ pub struct WorkloadInfo {
     pub inbound_port: u16,
     /// `WORKLOAD_FLAG_*` bits.
     pub flags: u32,
-    pub _pad: u32,
+    /// The workload's numeric identity (its SPIFFE ID's number in the policy maps).
+    pub identity: u32,
 }
 
 /// Value of `SOCK_ORIG` (key: socket cookie, `u64`) and of `ORIG_DST`: where a redirected
@@ -58,11 +59,53 @@ pub struct MeshedPorts {
 
 /// `WorkloadInfo::flags`: the workload's IPv6 capture listener is up.
 pub const WORKLOAD_FLAG_IPV6: u32 = 1;
+/// `WorkloadInfo::flags`: strict mode — plaintext connections from outside the mesh are dropped.
+pub const WORKLOAD_FLAG_STRICT: u32 = 2;
+/// `WorkloadInfo::flags`: permissive mode — plaintext connections are let in and counted.
+pub const WORKLOAD_FLAG_PERMISSIVE: u32 = 4;
+
+/// Key of `IDENTITIES`: which numeric identity a meshed address belongs to, in one policy
+/// generation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct IdentityKey {
+    pub generation: u32,
+    pub family: u16,
+    pub _pad: u16,
+    pub addr: [u32; 4],
+}
+
+/// Key of `POLICY`: the verdict for a source identity connecting to a destination identity on a
+/// port (`port` 0: every port not listed on its own), in one policy generation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PolicyKey {
+    pub generation: u32,
+    pub src: u32,
+    pub dst: u32,
+    pub port: u16,
+    pub _pad: u16,
+}
+
+/// Key of `DENIED`: denials at connect() by identity pair.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DenyKey {
+    pub src: u32,
+    pub dst: u32,
+}
+
+/// `POLICY` values.
+pub const VERDICT_ALLOW: u32 = 1;
+pub const VERDICT_DENY: u32 = 2;
 
 const _: () = assert!(size_of::<WorkloadInfo>() == 16);
 const _: () = assert!(size_of::<OrigDst>() == 24);
 const _: () = assert!(size_of::<FlowKey>() == 48);
 const _: () = assert!(size_of::<MeshedPorts>() == 4);
+const _: () = assert!(size_of::<IdentityKey>() == 24);
+const _: () = assert!(size_of::<PolicyKey>() == 16);
+const _: () = assert!(size_of::<DenyKey>() == 8);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -75,4 +118,10 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::MeshedPorts {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::IdentityKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::PolicyKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::DenyKey {}
 }

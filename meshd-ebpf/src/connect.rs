@@ -14,7 +14,7 @@ use meshd_common::{
 
 use crate::{
     maps::{count_event, prefix_has_port, ENROLLED, EXCLUDED_V4, EXCLUDED_V6, MESHED_V4, MESHED_V6, SOCK_ORIG},
-    ALLOW,
+    policy, ALLOW, DENY,
 };
 
 const SOCK_STREAM: u32 = 1;
@@ -114,6 +114,9 @@ pub fn try_connect4(ctx: &SockAddrContext) -> Result<i32, Reason> {
     if !meshed_v4(ip, port, &info) {
         return Ok(ALLOW);
     }
+    if !policy::allowed(&info, AF_INET, [ip, 0, 0, 0], port) {
+        return Ok(DENY);
+    }
     let orig = OrigDst { addr: [ip, 0, 0, 0], port, family: AF_INET, workload_id: info.workload_id };
     record(ctx, &orig)?;
     // SAFETY: valid context; connect4 may rewrite user_ip4 and user_port.
@@ -141,6 +144,9 @@ pub fn try_connect6(ctx: &SockAddrContext) -> Result<i32, Reason> {
         if !meshed_v4(ip[3], port, &info) {
             return Ok(ALLOW);
         }
+        if !policy::allowed(&info, AF_INET, [ip[3], 0, 0, 0], port) {
+            return Ok(DENY);
+        }
         let orig = OrigDst { addr: [ip[3], 0, 0, 0], port, family: AF_INET, workload_id: info.workload_id };
         record(ctx, &orig)?;
         // SAFETY: valid context; connect6 may rewrite user_ip6 and user_port.
@@ -159,6 +165,9 @@ pub fn try_connect6(ctx: &SockAddrContext) -> Result<i32, Reason> {
     if !prefix_has_port(&MESHED_V6, bytes, port) {
         count_event(Event::Direct);
         return Ok(ALLOW);
+    }
+    if !policy::allowed(&info, AF_INET6, ip, port) {
+        return Ok(DENY);
     }
     let orig = OrigDst { addr: ip, port, family: AF_INET6, workload_id: info.workload_id };
     record(ctx, &orig)?;

@@ -7,17 +7,21 @@
 //! - `sockops.rs`: move the original destination from the socket cookie to the flow's 4-tuple
 //!   once the connection is established, and forget it when the socket closes.
 //! - `getsockopt.rs`: answer SO_ORIGINAL_DST for the agent's accepted sockets.
+//! - `policy.rs`: the connect-time verdict from the compiled policy maps.
+//! - `ingress.rs`: cgroup_skb ingress — strict and permissive mode.
 #![no_std]
 #![no_main]
 
 mod connect;
 mod getsockopt;
+mod ingress;
 mod maps;
+mod policy;
 mod sockops;
 
 use aya_ebpf::{
-    macros::{cgroup_sock_addr, cgroup_sockopt, sock_ops},
-    programs::{SockAddrContext, SockOpsContext, SockoptContext},
+    macros::{cgroup_skb, cgroup_sock_addr, cgroup_sockopt, sock_ops},
+    programs::{SkBuffContext, SockAddrContext, SockOpsContext, SockoptContext},
 };
 
 use crate::maps::count_error;
@@ -55,6 +59,15 @@ pub fn meshd_getsockopt(ctx: SockoptContext) -> i32 {
     match getsockopt::try_getsockopt(&ctx) {
         Ok(verdict) => verdict,
         // The syscall itself goes on with the kernel's own answer.
+        Err(reason) => count_error(reason, ALLOW),
+    }
+}
+
+#[cgroup_skb(ingress)]
+pub fn meshd_ingress(ctx: SkBuffContext) -> i32 {
+    match ingress::try_ingress(&ctx) {
+        Ok(verdict) => verdict,
+        // A packet whose headers cannot be read is not a connection attempt meshd can judge.
         Err(reason) => count_error(reason, ALLOW),
     }
 }

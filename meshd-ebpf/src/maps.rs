@@ -2,11 +2,11 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::Key, HashMap, LpmTrie, LruHashMap, PerCpuArray},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, LruPerCpuHashMap, PerCpuArray},
 };
 use meshd_common::{
-    Event, FlowKey, MeshedPorts, OrigDst, Reason, WorkloadInfo, ENROLLED_CAPACITY, ORIG_DST_CAPACITY, PREFIX_CAPACITY,
-    SOCK_ORIG_CAPACITY,
+    DenyKey, Event, FlowKey, IdentityKey, MeshedPorts, OrigDst, PolicyKey, Reason, WorkloadInfo, DENIED_CAPACITY,
+    ENROLLED_CAPACITY, IDENTITY_CAPACITY, ORIG_DST_CAPACITY, POLICY_CAPACITY, PREFIX_CAPACITY, SOCK_ORIG_CAPACITY,
 };
 
 /// cgroup v2 id → enrolled workload. Written by the agent.
@@ -34,6 +34,34 @@ pub static SOCK_ORIG: LruHashMap<u64, OrigDst> = LruHashMap::with_max_entries(SO
 #[map]
 pub static ORIG_DST: HashMap<FlowKey, OrigDst> = HashMap::with_max_entries(ORIG_DST_CAPACITY, 0);
 
+/// The live policy generation (index 0; 0 = no policy loaded: everything meshed is allowed at
+/// connect(), the destination agent still decides). The agent writes a new generation's
+/// entries first and flips this last, so a swap is one atomic store.
+#[map]
+pub static POLICY_GEN: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Meshed address → numeric identity, per generation (the agent's view of who lives where).
+#[map]
+pub static IDENTITIES: HashMap<IdentityKey, u32> = HashMap::with_max_entries(IDENTITY_CAPACITY, 0);
+
+/// (generation, source identity, destination identity, port) → `VERDICT_*`.
+#[map]
+pub static POLICY: HashMap<PolicyKey, u32> = HashMap::with_max_entries(POLICY_CAPACITY, 0);
+
+/// Denials at connect() by identity pair.
+#[map]
+pub static DENIED: LruPerCpuHashMap<DenyKey, u64> = LruPerCpuHashMap::with_max_entries(DENIED_CAPACITY, 0);
+
+/// Plaintext connections let into permissive workloads, by workload id.
+#[map]
+pub static PLAINTEXT: LruPerCpuHashMap<u32, u64> = LruPerCpuHashMap::with_max_entries(ENROLLED_CAPACITY, 0);
+
+/// Sources allowed to open plaintext connections to strict workloads (health checks).
+#[map]
+pub static PLAIN_ALLOW_V4: LpmTrie<[u8; 4], MeshedPorts> = LpmTrie::with_max_entries(PREFIX_CAPACITY, 0);
+#[map]
+pub static PLAIN_ALLOW_V6: LpmTrie<[u8; 16], MeshedPorts> = LpmTrie::with_max_entries(PREFIX_CAPACITY, 0);
+
 /// Error counters by [`Reason`], and event counters by [`Event`].
 #[map]
 pub static ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
@@ -59,6 +87,18 @@ pub fn count_error<T>(reason: Reason, verdict: T) -> T {
 #[inline(always)]
 pub fn count_event(event: Event) {
     bump(&EVENTS, event as u32);
+}
+
+/// Adds one to this CPU's slot of a per-CPU LRU hash entry, creating it at 1.
+#[inline(always)]
+pub fn bump_keyed<K>(map: &LruPerCpuHashMap<K, u64>, key: &K) {
+    match map.get_ptr_mut(key) {
+        // SAFETY: this CPU's slot of a per-CPU map value.
+        Some(slot) => unsafe { *slot += 1 },
+        None => {
+            let _ = map.insert(key, 1, 0);
+        }
+    }
 }
 
 /// Looks `port` up in an LPM trie of prefixes with port ranges.

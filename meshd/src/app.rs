@@ -7,6 +7,7 @@
 
 mod admin;
 mod enroll;
+mod policy;
 mod status;
 
 use std::{
@@ -51,6 +52,10 @@ pub enum Error {
     KtlsRequired(String),
     #[error("install signal handlers: {0}")]
     Signals(std::io::Error),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::Error),
+    #[error("read policy {path}: {source}")]
+    PolicyRead { path: PathBuf, source: std::io::Error },
 }
 
 /// The running agent, shared by every task.
@@ -66,6 +71,8 @@ pub struct Agent {
     ready: AtomicBool,
     /// The agent's own `Arc`, for admin requests that spawn tasks.
     this: std::sync::OnceLock<std::sync::Weak<Agent>>,
+    /// The authorization policy in force, and stable numbers for identities.
+    policy: policy::PolicyState,
 }
 
 impl Agent {
@@ -115,8 +122,15 @@ impl Agent {
             workloads: RwLock::new(Registry::default()),
             ready: AtomicBool::new(false),
             this: std::sync::OnceLock::new(),
+            policy: policy::PolicyState::default(),
         });
         let _ = agent.this.set(Arc::downgrade(&agent));
+        if let Some(path) = agent.config.policy.clone() {
+            if let Err(e) = agent.apply_policy_file(&path) {
+                agent.shutdown();
+                return Err(e);
+            }
+        }
         for w in agent.config.workloads.clone() {
             if let Err(e) = agent.enroll(w).await {
                 // Leave nothing behind: detach what was attached, remove the pins.
@@ -141,9 +155,13 @@ impl Agent {
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).map_err(Error::Signals)?;
         let mut int =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt()).map_err(Error::Signals)?;
-        tokio::select! {
-            _ = term.recv() => info!("SIGTERM: shutting down"),
-            _ = int.recv() => info!("SIGINT: shutting down"),
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(Error::Signals)?;
+        loop {
+            tokio::select! {
+                _ = term.recv() => { info!("SIGTERM: shutting down"); break }
+                _ = int.recv() => { info!("SIGINT: shutting down"); break }
+                _ = hup.recv() => self.reload_policy(),
+            }
         }
         admin.abort();
         let _ = std::fs::remove_file(&path);
@@ -200,18 +218,24 @@ impl Agent {
         self.config.ktls_record_limit.unwrap_or(DEFAULT_RECORD_LIMIT)
     }
 
-    /// May `peer` reach `workload` on `port`? (Policy arrives with the authorization issue;
-    /// until then every verified identity of the trust domain is allowed.)
+    /// May `peer` reach `workload` on `port`? The destination agent asks this for every flow.
     pub fn authorize_inbound(
         &self,
         peer: &crate::identity::SpiffeId,
         workload: &Workload,
         port: u16,
     ) -> Result<(), String> {
-        if peer.is_member_of(&self.trust_domain) {
-            Ok(())
-        } else {
-            Err(format!("{peer} may not reach {} port {port}: foreign trust domain", workload.spiffe_id))
+        if !peer.is_member_of(&self.trust_domain) {
+            return Err(format!("{peer} may not reach {} port {port}: foreign trust domain", workload.spiffe_id));
+        }
+        let target = crate::policy::Target { spiffe_id: &workload.spiffe_id, labels: &workload.labels };
+        match self.current_policy().decide(peer, target, port) {
+            crate::policy::Decision::Allow => Ok(()),
+            crate::policy::Decision::Deny(reason) => {
+                warn!(target: "meshd::access", event = "denied", side = "destination", peer = %peer,
+                      workload = %workload.name, port, reason = %reason, "flow denied by policy");
+                Err(reason)
+            }
         }
     }
 
@@ -231,7 +255,7 @@ impl Agent {
             bytes_out = f.bytes_out.load(Ordering::Relaxed),
             bytes_in = f.bytes_in.load(Ordering::Relaxed),
             duration_ms = f.started.elapsed().as_millis() as u64,
-            reason = %reason,
+            reason = %f.revoked.get().map_or_else(|| reason.to_string(), |r| format!("revoked: {r}")),
             "flow closed"
         );
     }

@@ -12,6 +12,7 @@ pub mod datapath;
 pub mod maps;
 pub mod object;
 pub mod pins;
+pub mod policy_maps;
 pub mod sockopt;
 
 use std::path::PathBuf;

@@ -5,6 +5,7 @@
 use std::{
     collections::BTreeMap,
     net::SocketAddr,
+    os::fd::{BorrowedFd, OwnedFd},
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc, Mutex, OnceLock,
@@ -63,6 +64,31 @@ pub struct Flow {
     pub bytes_in: AtomicU64,
     pub started: Instant,
     pub started_at: SystemTime,
+    /// Duplicates of the flow's sockets (workload side first) once data moves, so the agent can
+    /// cut the flow from outside its task (a policy change).
+    sockets: Mutex<Vec<OwnedFd>>,
+    /// Why the agent cut the flow, if it did.
+    pub revoked: OnceLock<String>,
+}
+
+impl Flow {
+    /// Registers the flow's sockets (workload side first) for [`Flow::cut`].
+    pub fn set_sockets(&self, fds: &[BorrowedFd<'_>]) {
+        let dups: Vec<OwnedFd> = fds.iter().filter_map(|fd| fd.try_clone_to_owned().ok()).collect();
+        *self.sockets.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = dups;
+    }
+
+    /// Ends the flow now: the workload sees a reset, the data path sees both sockets shut down.
+    pub fn cut(&self, reason: String) {
+        let _ = self.revoked.set(reason);
+        let socks = self.sockets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(plain) = socks.first() {
+            let _ = socket2::SockRef::from(plain).set_linger(Some(std::time::Duration::ZERO));
+        }
+        for fd in socks.iter() {
+            let _ = socket2::SockRef::from(fd).shutdown(std::net::Shutdown::Both);
+        }
+    }
 }
 
 /// The live flows.
@@ -103,6 +129,8 @@ impl FlowTable {
             bytes_in: AtomicU64::new(0),
             started: Instant::now(),
             started_at: SystemTime::now(),
+            sockets: Mutex::new(Vec::new()),
+            revoked: OnceLock::new(),
         });
         self.lock().insert(id, Arc::clone(&flow));
         FlowGuard { flow, table: Arc::clone(self) }

@@ -20,6 +20,7 @@ pub mod ebpf;
 pub mod flows;
 pub mod identity;
 pub mod netns;
+pub mod policy;
 pub mod proxy;
 pub mod status;
 pub mod tls;

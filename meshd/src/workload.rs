@@ -25,6 +25,8 @@ pub struct Workload {
     pub netns_cookie: u64,
     /// Whether the IPv6 listeners are up.
     pub ipv6: bool,
+    /// The numeric identity in the policy maps.
+    pub identity: u32,
     pub client: Arc<rustls::ClientConfig>,
     pub server: Arc<rustls::ServerConfig>,
     /// The listener tasks; aborted on unenroll (flows already running go on).

@@ -279,7 +279,7 @@ fn a_restarted_agent_adopts_stale_pins_without_a_gap() {
     drop(f.dp.take());
     drop(first);
     let links = PathBuf::from("/sys/fs/bpf/meshd").join(&node).join("links");
-    assert_eq!(std::fs::read_dir(&links).unwrap().count(), 3, "connect4, connect6 and sockops links pinned");
+    assert_eq!(std::fs::read_dir(&links).unwrap().count(), 4, "connect4, connect6, sockops and ingress links pinned");
 
     let mut dp = Datapath::load(&DatapathOptions { node: node.clone(), bpffs: "/sys/fs/bpf".into(), object: None })
         .expect("a second load over stale pins works");
@@ -287,7 +287,7 @@ fn a_restarted_agent_adopts_stale_pins_without_a_gap() {
     f.dp = Some(dp);
     let (v4, _v6) = f.enroll(&client, 2);
     f.dp().release_stale();
-    assert_eq!(std::fs::read_dir(&links).unwrap().count(), 3, "only the new run's links remain");
+    assert_eq!(std::fs::read_dir(&links).unwrap().count(), 4, "only the new run's links remain");
 
     let dst = format!("{}:8080", server.ip);
     let cmd = testkit(&client, &["connect", &dst]);

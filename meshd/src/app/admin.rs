@@ -26,9 +26,10 @@ impl Handler for Agent {
                     Err(e) => Response::err(e.to_string()),
                 }
             }
-            Request::PolicyApply { path, .. } => {
-                Response::err(format!("policy {path}: authorization policies are not supported by this agent yet"))
-            }
+            Request::PolicyApply { path, text } => match self.apply_policy(&path, &text) {
+                Ok(summary) => Response::ok(summary),
+                Err(e) => Response::err(format!("{e} (the previous policy stays in force)")),
+            },
         }
     }
 }

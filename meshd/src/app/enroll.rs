@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
-use meshd_common::{WorkloadInfo, AGENT_SOCKET_MARK};
+use meshd_common::AGENT_SOCKET_MARK;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
@@ -58,6 +58,7 @@ impl Agent {
         let cookie = netns_cookie(&capture4)?;
         let ipv6 = capture6.is_some() && inbound6.is_some();
         let id = self.workloads.write().unwrap_or_else(std::sync::PoisonError::into_inner).next_id();
+        let identity = self.policy.number(&(spiffe_id.clone(), cfg.labels.clone()));
         let workload = Arc::new(Workload {
             id,
             name: cfg.name.clone(),
@@ -68,6 +69,7 @@ impl Agent {
             netns,
             netns_cookie: cookie,
             ipv6,
+            identity,
             client,
             server,
             listeners: Default::default(),
@@ -82,13 +84,7 @@ impl Agent {
             handles.push(tokio::spawn(inbound_loop(Arc::clone(self), Arc::clone(&workload), l)).abort_handle());
         }
         *workload.listeners.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = handles;
-        let info = WorkloadInfo {
-            workload_id: id,
-            capture_port: ports.capture,
-            inbound_port: ports.inbound,
-            flags: if ipv6 { meshd_common::maps::WORKLOAD_FLAG_IPV6 } else { 0 },
-            _pad: 0,
-        };
+        let info = self.workload_info(&workload, None);
         let attached = match self.lock_datapath().as_mut() {
             Some(dp) => dp.enroll(&cgroup, info).map(|_| ()),
             None => Ok(()),
@@ -98,6 +94,8 @@ impl Agent {
             return Err(e.into());
         }
         self.workloads.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(Arc::clone(&workload));
+        // The new workload is a source of connect-time verdicts.
+        self.reinstall_policy()?;
         info!(workload = %workload.name, spiffe_id = %workload.spiffe_id, cgroup = %cgroup.display(),
               netns = %cfg.netns.display(), ipv6, "workload enrolled");
         Ok(workload)
@@ -116,6 +114,7 @@ impl Agent {
             dp.unenroll(w.cgroup_id)?;
         }
         w.stop_listeners();
+        self.reinstall_policy()?;
         info!(workload = %name, "workload unenrolled");
         Ok(())
     }

@@ -9,7 +9,7 @@ use std::{
 use aya::{
     programs::{
         links::{FdLink, PinnedLink},
-        CgroupAttachMode, CgroupSockAddr, CgroupSockopt, SockOps,
+        CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, CgroupSockopt, SockOps,
     },
     Ebpf, EbpfLoader,
 };
@@ -62,6 +62,8 @@ impl Datapath {
         }
         let sockops: &mut SockOps = program(&mut ebpf, progs::SOCKOPS)?;
         sockops.load().map_err(|source| Error::Verifier { program: progs::SOCKOPS, source })?;
+        let ingress: &mut CgroupSkb = program(&mut ebpf, progs::INGRESS)?;
+        ingress.load().map_err(|source| Error::Verifier { program: progs::INGRESS, source })?;
         let getsockopt: &mut CgroupSockopt = program(&mut ebpf, progs::GETSOCKOPT)?;
         getsockopt.load().map_err(|source| Error::Verifier { program: progs::GETSOCKOPT, source })?;
         let maps = Maps::take(&mut ebpf, &pins)?;
@@ -112,7 +114,7 @@ impl Datapath {
 
     fn attach_all(&mut self, cgroup: &Path, id: u64) -> Result<Vec<PinnedLink>, Error> {
         let fd = open_cgroup(cgroup)?;
-        let mut links = Vec::with_capacity(3);
+        let mut links = Vec::with_capacity(4);
         let attach_err = |program, source| Error::Attach { program, cgroup: cgroup.into(), source };
         for name in [progs::CONNECT4, progs::CONNECT6] {
             let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
@@ -124,6 +126,11 @@ impl Datapath {
         let link_id = prog.attach(&fd, LINK_MODE).map_err(|e| attach_err(progs::SOCKOPS, e))?;
         let link = prog.take_link(link_id).map_err(|e| attach_err(progs::SOCKOPS, e))?;
         links.push(self.pin_link(FdLink::try_from(link), id, progs::SOCKOPS)?);
+        let prog: &mut CgroupSkb = program(&mut self.ebpf, progs::INGRESS)?;
+        let link_id =
+            prog.attach(&fd, CgroupSkbAttachType::Ingress, LINK_MODE).map_err(|e| attach_err(progs::INGRESS, e))?;
+        let link = prog.take_link(link_id).map_err(|e| attach_err(progs::INGRESS, e))?;
+        links.push(self.pin_link(FdLink::try_from(link), id, progs::INGRESS)?);
         Ok(links)
     }
 

@@ -12,6 +12,7 @@ use aya::{
 };
 use meshd_common::{map_names as names, Event, FlowKey, MeshedPorts, OrigDst, Reason, WorkloadInfo, AF_INET, AF_INET6};
 
+pub use super::policy_maps::PolicyMaps;
 use super::{pins::PinDir, Error};
 
 /// A destination prefix with an inclusive port range.
@@ -49,6 +50,7 @@ pub struct Maps {
     errors: PerCpuArray<MapData, u64>,
     events: PerCpuArray<MapData, u64>,
     prefixes: HashSet<Prefix>,
+    policy: PolicyMaps,
 }
 
 fn take(ebpf: &mut Ebpf, pins: &PinDir, name: &'static str) -> Result<Map, Error> {
@@ -65,6 +67,10 @@ macro_rules! typed {
 }
 
 impl Maps {
+    pub fn policy(&mut self) -> &mut PolicyMaps {
+        &mut self.policy
+    }
+
     /// Takes the maps out of the loaded object and pins them.
     pub fn take(ebpf: &mut Ebpf, pins: &PinDir) -> Result<Self, Error> {
         Ok(Self {
@@ -78,6 +84,18 @@ impl Maps {
             errors: typed!(ebpf, pins, names::ERRORS),
             events: typed!(ebpf, pins, names::EVENTS),
             prefixes: HashSet::new(),
+            policy: PolicyMaps {
+                generation_map: typed!(ebpf, pins, names::POLICY_GEN),
+                identities: typed!(ebpf, pins, names::IDENTITIES),
+                verdicts: typed!(ebpf, pins, names::POLICY),
+                denied: typed!(ebpf, pins, names::DENIED),
+                plaintext: typed!(ebpf, pins, names::PLAINTEXT),
+                allow_v4: typed!(ebpf, pins, names::PLAIN_ALLOW_V4),
+                allow_v6: typed!(ebpf, pins, names::PLAIN_ALLOW_V6),
+                generation: 0,
+                written: (Vec::new(), Vec::new()),
+                allowed: Vec::new(),
+            },
         })
     }
 

@@ -149,6 +149,14 @@ pub async fn data_phase(
     guard: &FlowGuard,
     secrets: Option<Arc<SecretLog>>,
 ) -> CloseReason {
+    {
+        use std::os::fd::AsFd;
+        let tls_fd = match &tls {
+            TlsStream::Client(c) => c.get_ref().0.io.as_fd(),
+            TlsStream::Server(s) => s.get_ref().0.io.as_fd(),
+        };
+        guard.flow.set_sockets(&[plain.as_fd(), tls_fd]);
+    }
     let reason = if agent.use_ktls() {
         record_path(guard, DataPath::Ktls);
         let secrets = secrets.and_then(|log| {
