@@ -10,6 +10,7 @@
 //!   RTMP, RTSP with TCP-interleaved transport, HLS over HTTP PUT/GET).
 //! - [`framemd5`]: decoded-frame checksums and how two streams compare.
 //! - [`wire`]: searching a capture of the link between the nodes for plaintext media.
+//! - [`tshark`]: which TLS version the handshakes on the wire chose.
 //! - [`agent_log`]: the agents' "flow closed" records (JSON log lines) and live flows.
 //! - [`scenario`]: two nodes, a source pod on a and a receiver pod on b, both agents.
 //! - [`verify`]: the checks the tests and the demo share (frames, wire), as data.
@@ -21,6 +22,7 @@ pub mod ffmpeg;
 pub mod framemd5;
 pub mod interrupt;
 pub mod scenario;
+pub mod tshark;
 pub mod verify;
 pub mod wire;
 

@@ -131,7 +131,10 @@ fn hls_put_then_playback_over_http_is_frame_exact() {
 
     let mut publish = s.ffmpeg(&s.source, "publisher", &hls::publisher(&sent, false, s.receiver.ip)).expect("publish");
     publish.wait_ok(Duration::from_secs(60)).expect("the publisher PUTs every segment and the playlist");
-    let segments = hls::wait_published(&s.file("www"), LISTEN).expect("the server stores what was PUT");
+    let segments = hls::wait_published(&s.file("www"), LISTEN).unwrap_or_else(|e| {
+        let flows = agent_log::closed_flows(&s.agent_a.log());
+        panic!("{e:#}\nserver log:\n{}\npublisher:\n{}\nagent a flows: {flows:#?}", server.stderr(), publish.stderr())
+    });
     assert!(segments >= 4, "a 4 s clip in 1 s segments: {segments} segments");
 
     let mut play = s.ffmpeg(&s.source, "player", &hls::player(s.receiver.ip, &played)).expect("play");

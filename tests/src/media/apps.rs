@@ -80,7 +80,8 @@ impl Push {
     pub fn live_sender(self, clip: &Clip, realtime: bool, dst: Ipv4Addr, copy: &Path) -> Vec<String> {
         assert_eq!(self, Self::MpegTsTcp, "the live sender tees MPEG-TS");
         let mut args = clip.encode_args(realtime);
-        let tee = format!("[f=mpegts]{}|[f=mpegts]{}", self.url(&dst.to_string()), copy.display());
+        // onfail=abort: if the network side fails, the sender fails (not just the file goes on).
+        let tee = format!("[f=mpegts:onfail=abort]{}|[f=mpegts]{}", self.url(&dst.to_string()), copy.display());
         args.extend(strings(&["-f", "tee", &tee]));
         args
     }

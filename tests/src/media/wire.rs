@@ -1,6 +1,7 @@
-//! Is there plaintext media on the wire? Three independent searches of a capture:
+//! Is there plaintext media on the wire? Four independent searches of a capture:
 //! - MPEG-TS framing: a sync byte 0x47 every 188 bytes for [`TS_RUN`] packets in a row (in
 //!   random bytes that happens once in 256^6 positions);
+//! - samples of the sent file's bytes (what a TS-over-TCP sender writes to its socket);
 //! - samples of the elementary streams (H.264 slices, AAC frames) that were sent: present
 //!   whatever the container, since TS, FLV, RTP and HLS all carry them as contiguous chunks;
 //! - protocol and encoder markers: x264's SEI text, RTSP/HTTP/RTMP keywords, the HLS playlist.
@@ -31,6 +32,8 @@ pub const MARKERS: [&str; 6] = ["x264 - core", "RTSP/1.0", "HTTP/1.1", "#EXTM3U\
 pub struct Findings {
     /// Runs of [`TS_RUN`] TS packets.
     pub ts_sync_runs: usize,
+    /// Occurrences of samples of the sent file's bytes.
+    pub file_samples: usize,
     /// Occurrences of elementary-stream samples.
     pub stream_samples: usize,
     /// Occurrences of each marker that was found at least once.
@@ -39,13 +42,17 @@ pub struct Findings {
 
 impl Findings {
     pub fn total(&self) -> usize {
-        self.ts_sync_runs + self.stream_samples + self.markers.iter().map(|(_, n)| n).sum::<usize>()
+        self.ts_sync_runs + self.file_samples + self.stream_samples + self.markers.iter().map(|(_, n)| n).sum::<usize>()
     }
 }
 
 impl std::fmt::Display for Findings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} TS sync runs, {} stream samples", self.ts_sync_runs, self.stream_samples)?;
+        write!(
+            f,
+            "{} TS sync runs, {} file samples, {} stream samples",
+            self.ts_sync_runs, self.file_samples, self.stream_samples
+        )?;
         for (m, n) in &self.markers {
             write!(f, ", {n}× {m:?}")?;
         }
@@ -53,16 +60,20 @@ impl std::fmt::Display for Findings {
     }
 }
 
-/// Samples of a file's elementary streams to search for.
+/// Samples of a sent file and of its elementary streams to search for.
 #[derive(Debug, Clone, Default)]
-pub struct Samples(Vec<Vec<u8>>);
+pub struct Samples {
+    file: Vec<Vec<u8>>,
+    stream: Vec<Vec<u8>>,
+}
 
 impl Samples {
-    /// Extracts the H.264 and AAC elementary streams of `media` (host side) and takes up to
-    /// `count` 32-byte samples spread through them, skipping low-entropy ones (padding, start
-    /// codes) that could occur elsewhere.
+    /// Takes up to `count` 32-byte samples spread through `media` itself and as many again
+    /// from its H.264 and AAC elementary streams (extracted host side), skipping low-entropy
+    /// ones (padding, start codes) that could occur elsewhere.
     pub fn of(media: &Path, scratch: &Path, count: usize) -> Result<Self> {
-        let mut samples = Vec::new();
+        let file = pick(&std::fs::read(media)?, count);
+        let mut stream = Vec::new();
         for (map, bsf, fmt, ext) in [("0:v:0", "h264_mp4toannexb", "h264", "h264"), ("0:a:0", "null", "adts", "aac")] {
             let out = scratch.with_extension(ext);
             let mut cmd = Command::new("ffmpeg");
@@ -72,19 +83,19 @@ impl Samples {
             let res = ffmpeg::run_with_deadline(cmd, &what, Duration::from_secs(60))?;
             ensure!(res.status.success(), "{what}: {}", String::from_utf8_lossy(&res.stderr).trim());
             let es = std::fs::read(&out)?;
-            samples.extend(pick(&es, count / 2));
+            stream.extend(pick(&es, count / 2));
             let _ = std::fs::remove_file(&out);
         }
-        ensure!(!samples.is_empty(), "no usable samples in {}", media.display());
-        Ok(Self(samples))
+        ensure!(!file.is_empty() && !stream.is_empty(), "no usable samples in {}", media.display());
+        Ok(Self { file, stream })
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.file.len() + self.stream.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len() == 0
     }
 }
 
@@ -164,11 +175,17 @@ pub fn count_all(data: &[u8], needles: &[&[u8]]) -> Vec<usize> {
 /// Searches `data` for plaintext media.
 pub fn scan(data: &[u8], samples: &Samples) -> Findings {
     let mut needles: Vec<&[u8]> = MARKERS.iter().map(|m| m.as_bytes()).collect();
-    needles.extend(samples.0.iter().map(Vec::as_slice));
+    needles.extend(samples.file.iter().chain(&samples.stream).map(Vec::as_slice));
     let counts = count_all(data, &needles);
+    let (file, stream) = counts[MARKERS.len()..].split_at(samples.file.len());
     let markers =
         MARKERS.iter().zip(&counts).filter(|(_, &n)| n > 0).map(|(m, &n)| (m.trim_end().to_string(), n)).collect();
-    Findings { ts_sync_runs: ts_sync_runs(data), stream_samples: counts[MARKERS.len()..].iter().sum(), markers }
+    Findings {
+        ts_sync_runs: ts_sync_runs(data),
+        file_samples: file.iter().sum(),
+        stream_samples: stream.iter().sum(),
+        markers,
+    }
 }
 
 #[cfg(test)]
