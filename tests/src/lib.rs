@@ -8,11 +8,14 @@
 //! - [`require`]: privileged tests fail — never pass silently — when root or a kernel feature
 //!   is missing.
 //! - [`paths`]: where the built binaries are.
+//! - [`media`]: FFmpeg senders and receivers in pods, frame-exact comparison (framemd5),
+//!   searching captures for plaintext media; the media tests and `bin/demo.rs` use it.
 //! - `bin/testkit.rs`: a small TCP client/server used inside pods (identify-yourself servers,
 //!   checksummed sources and sinks).
 
 pub mod capture;
 pub mod cluster;
+pub mod media;
 pub mod paths;
 pub mod pattern;
 pub mod procs;
