@@ -165,8 +165,41 @@ impl Agent {
         }
         admin.abort();
         let _ = std::fs::remove_file(&path);
-        self.shutdown();
+        self.ready.store(false, Ordering::SeqCst);
+        for w in self.workloads() {
+            w.stop_listeners();
+        }
+        self.cut_all_flows("the agent is shutting down").await;
+        match self.config.on_exit {
+            crate::config::OnExit::Detach => self.shutdown(),
+            crate::config::OnExit::KeepClosed => {
+                // Dropping the datapath closes our descriptors; the pinned links keep the programs
+                // attached, so enrolled workloads fail closed until an agent runs again.
+                drop(self.lock_datapath().take());
+                info!(
+                    "exiting with the interception programs attached (on_exit: keep_closed): meshed connections of \
+                       enrolled workloads are refused until meshd runs again; `on_exit: detach` uninstalls instead"
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// Ends every live flow (the applications see a reset, the peers an aborted TLS stream) and
+    /// waits briefly for their tasks to log them.
+    async fn cut_all_flows(&self, reason: &str) {
+        let flows = self.flows.snapshot();
+        if flows.is_empty() {
+            return;
+        }
+        for f in &flows {
+            f.cut(reason.into());
+        }
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(3);
+        while !self.flows.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        info!(flows = flows.len(), left = self.flows.len(), "live flows cut");
     }
 
     /// Detaches every program (workloads connect directly again) and removes the pins.

@@ -78,16 +78,24 @@ impl Flow {
         *self.sockets.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = dups;
     }
 
-    /// Ends the flow now: the workload sees a reset, the data path sees both sockets shut down.
+    /// Ends the flow now, as an abort: the workload sees a reset, the peer agent a TLS stream
+    /// that ends without close_notify (so it resets its side too — a cut stream must never look
+    /// like a complete one). The data path sees both sockets shut down and, finding
+    /// [`Flow::revoked`] set, does not close gracefully.
     pub fn cut(&self, reason: String) {
         let _ = self.revoked.set(reason);
         let socks = self.sockets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(plain) = socks.first() {
             let _ = socket2::SockRef::from(plain).set_linger(Some(std::time::Duration::ZERO));
         }
-        for fd in socks.iter() {
+        // The TLS side first, so no close_notify can slip out after the workload side ends.
+        for fd in socks.iter().rev() {
             let _ = socket2::SockRef::from(fd).shutdown(std::net::Shutdown::Both);
         }
+    }
+
+    pub fn is_cut(&self) -> bool {
+        self.revoked.get().is_some()
     }
 }
 

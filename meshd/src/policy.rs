@@ -153,17 +153,17 @@ impl Policy {
                     Scope::Workload(w) => format!("workload {w}"),
                 }
             )),
-            None if applying.iter().any(|p| p.action == Action::Allow) => Decision::Deny(format!(
-                "no ALLOW rule matches {src} → {} port {port}",
-                dst.spiffe_id
-            )),
+            None if applying.iter().any(|p| p.action == Action::Allow) => {
+                Decision::Deny(format!("no ALLOW rule matches {src} → {} port {port}", dst.spiffe_id))
+            }
             None => Decision::Allow,
         }
     }
 
     /// The peer-authentication mode of a workload (a workload entry wins over a namespace one).
     pub fn mode(&self, id: &SpiffeId) -> Option<Mode> {
-        let find = |workload: bool| self.peer_auth.iter().find(|p| p.scope.is_workload() == workload && p.scope.covers(id));
+        let find =
+            |workload: bool| self.peer_auth.iter().find(|p| p.scope.is_workload() == workload && p.scope.covers(id));
         find(true).or_else(|| find(false)).map(|p| p.mode)
     }
 }

@@ -18,7 +18,7 @@ fn flows_closed(agent: &Agent) -> usize {
 }
 
 #[test]
-fn workloads_enroll_and_unenroll_at_runtime_and_sigterm_detaches_everything() {
+fn workloads_enroll_and_unenroll_at_runtime_and_sigterm_fails_closed_or_detaches() {
     let mut c = Cluster::new("cli-enroll");
     let (a, b) = (c.add_node("a"), c.add_node("b"));
     let (client, server) = (c.add_pod("a", "client"), c.add_pod("b", "server"));
@@ -65,15 +65,25 @@ fn workloads_enroll_and_unenroll_at_runtime_and_sigterm_detaches_everything() {
     assert_eq!(ask(&["connect", &dst]), "server");
     assert_eq!(flows_closed(&agent_a), 1, "after unenroll the agent is not in the path");
 
-    // SIGTERM: exit 0, pins removed, programs detached from the pod's cgroup.
+    // SIGTERM (default on_exit: keep_closed): exit 0, the programs stay attached, so the pod's
+    // meshed connections are refused — never sent directly — until an agent runs again.
     let pins = Path::new("/sys/fs/bpf/meshd").join(&a.agent_name);
     let out =
         agent_a.meshctl(&["enroll", "--name", "client", "--cgroup", &cgroup, "--netns", &netns, "--spiffe-id", &id]);
     assert!(out.status.success());
-    assert!(pins.join("links").read_dir().map(|d| d.count()).unwrap_or(0) >= 3);
     let status = agent_a.stop().expect("agent exit status");
     assert!(status.success(), "the agent must exit cleanly on SIGTERM: {status}\n{}", agent_a.log_tail(10));
-    assert!(!pins.exists(), "pins must be removed on shutdown");
+    assert!(pins.join("links").read_dir().map(|d| d.count()).unwrap_or(0) >= 4, "links stay pinned");
+    let out = procs::run(testkit(&client, &["connect", &dst, "--timeout-secs", "5"]), "client", T);
+    assert!(!out.status.success(), "while no agent runs, a meshed connection must fail closed: {:?}", out);
+    // A restarted agent adopts them; `on_exit: detach` then uninstalls on SIGTERM.
+    let detach = AgentOptions { on_exit: meshd::config::OnExit::Detach, ..AgentOptions::default() };
+    let mut agent_a = Agent::start(&a, Agent::config(&c, &a, &[&client], &detach), &detach);
+    assert_eq!(ask(&["connect", &dst]), "server");
+    assert_eq!(flows_closed(&agent_a), 1, "the restarted agent carries the pod's flows:\n{}", agent_a.log_tail(10));
+    let status = agent_a.stop().expect("agent exit status");
+    assert!(status.success(), "{status}\n{}", agent_a.log_tail(10));
+    assert!(!pins.exists(), "on_exit: detach removes the pins");
     let attached = procs::run_ok(
         {
             let mut cmd = Command::new("bpftool");
@@ -83,7 +93,7 @@ fn workloads_enroll_and_unenroll_at_runtime_and_sigterm_detaches_everything() {
         "bpftool",
         T,
     );
-    assert!(!attached.contains("meshd"), "programs still attached after shutdown:\n{attached}");
+    assert!(!attached.contains("meshd"), "programs still attached after a detaching shutdown:\n{attached}");
     assert_eq!(ask(&["connect", &dst]), "server", "the direct path is back");
 }
 

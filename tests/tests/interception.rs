@@ -56,7 +56,7 @@ impl Fixture {
         let v6 = ns.listen(format!("[::1]:{CAPTURE}").parse().unwrap(), AGENT_SOCKET_MARK).unwrap();
         v4.set_nonblocking(false).unwrap();
         v6.set_nonblocking(false).unwrap();
-        let info = WorkloadInfo { workload_id: id, capture_port: CAPTURE, inbound_port: 15008, flags: 1, _pad: 0 };
+        let info = WorkloadInfo { workload_id: id, capture_port: CAPTURE, inbound_port: 15008, flags: 1, identity: 0 };
         self.dp().enroll(&pod.cgroup, info).expect("enroll");
         (v4, v6)
     }

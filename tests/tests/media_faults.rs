@@ -175,7 +175,6 @@ fn node_a_agent_killed_mid_stream_cuts_it_cleanly_and_a_restart_serves_new_strea
 /// connect directly again"), so until it is back a pod's new connections cross the wire
 /// unencrypted — a restart of the agent (an upgrade) opens a plaintext window.
 #[test]
-#[ignore = "meshd fails open while stopped (SIGTERM detaches the programs); see the media work report"]
 fn a_pods_new_stream_while_its_agent_is_stopped_is_not_sent_in_plaintext() {
     let mut s = TwoNodes::start("media-stopped-gap");
     let sent = s.file("sent.mkv");

@@ -67,8 +67,16 @@ impl Agent {
         self.policy.loaded.store(true, Ordering::SeqCst);
         let cut = self.cut_denied_flows();
         let p = self.current_policy();
-        info!(path, generation, policies = p.policies.len(), endpoints = p.endpoints.len(), entries, deferred, flows_cut = cut,
-              "authorization policy applied");
+        info!(
+            path,
+            generation,
+            policies = p.policies.len(),
+            endpoints = p.endpoints.len(),
+            entries,
+            deferred,
+            flows_cut = cut,
+            "authorization policy applied"
+        );
         Ok(json!({
             "path": path, "generation": generation, "policies": p.policies.len(), "endpoints": p.endpoints.len(),
             "verdict_entries": entries, "deferred_pairs": deferred, "flows_cut": cut,
@@ -143,7 +151,9 @@ impl Agent {
         let policy = self.current_policy();
         let mut cut = 0;
         for flow in self.flows.snapshot() {
-            let (Some(peer), Ok(local)) = (flow.peer_identity.get(), SpiffeId::new(&flow.local_identity)) else { continue };
+            let (Some(peer), Ok(local)) = (flow.peer_identity.get(), SpiffeId::new(&flow.local_identity)) else {
+                continue;
+            };
             let Ok(peer) = SpiffeId::new(peer) else { continue };
             let port = flow.destination.port();
             let decision = match flow.direction {

@@ -46,7 +46,14 @@ pub struct Config {
     /// KeyUpdate support) or closed (older kernels). Default 2^24, below AES-GCM's limit.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ktls_record_limit: Option<u64>,
-    /// Authorization policy file, applied at start-up.
+    /// What happens to enrolled workloads when the agent exits (SIGTERM/SIGINT). `keep_closed`
+    /// (default): the interception programs stay attached, so meshed connections are refused
+    /// until an agent runs again — never sent in plaintext; a restarted agent takes over with no
+    /// gap. `detach`: the programs are detached and the pins removed, workloads connect directly
+    /// (an uninstall).
+    #[serde(default)]
+    pub on_exit: OnExit,
+    /// Authorization policy file, applied at start-up and on SIGHUP.
     #[serde(default)]
     pub policy: Option<PathBuf>,
 }
@@ -168,6 +175,14 @@ pub enum DataPathMode {
     Ktls,
     /// Always userspace rustls.
     Userspace,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnExit {
+    #[default]
+    KeepClosed,
+    Detach,
 }
 
 /// A parsed `Destination`.

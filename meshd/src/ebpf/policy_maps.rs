@@ -34,7 +34,10 @@ fn identity_key(generation: u32, addr: IpAddr) -> IdentityKey {
         IpAddr::V4(a) => (AF_INET, [u32::from_ne_bytes(a.octets()), 0, 0, 0]),
         IpAddr::V6(a) => {
             let o = a.octets();
-            (AF_INET6, std::array::from_fn(|i| u32::from_ne_bytes([o[i * 4], o[i * 4 + 1], o[i * 4 + 2], o[i * 4 + 3]])))
+            (
+                AF_INET6,
+                std::array::from_fn(|i| u32::from_ne_bytes([o[i * 4], o[i * 4 + 1], o[i * 4 + 2], o[i * 4 + 3]])),
+            )
         }
     };
     IdentityKey { generation, family, _pad: 0, addr }
@@ -111,11 +114,7 @@ impl PolicyMaps {
 
     /// Connect-time denials by (source, destination) identity number.
     pub fn denials(&self) -> Vec<((u32, u32), u64)> {
-        self.denied
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(k, v)| ((k.src, k.dst), v.iter().sum()))
-            .collect()
+        self.denied.iter().filter_map(Result::ok).map(|(k, v)| ((k.src, k.dst), v.iter().sum())).collect()
     }
 
     /// Plaintext connections let into permissive workloads, by workload id.

@@ -33,11 +33,7 @@ pub struct Compiled {
 
 /// Compiles `policy` for `sources` (this node's workloads: number, SPIFFE ID). `number` gives
 /// an identity its stable number.
-pub fn compile(
-    policy: &Policy,
-    sources: &[(u32, SpiffeId)],
-    mut number: impl FnMut(&IdentityKey) -> u32,
-) -> Compiled {
+pub fn compile(policy: &Policy, sources: &[(u32, SpiffeId)], mut number: impl FnMut(&IdentityKey) -> u32) -> Compiled {
     let mut out = Compiled::default();
     let mut destinations: BTreeMap<u32, IdentityKey> = BTreeMap::new();
     for (addr, id, labels) in &policy.endpoints {
@@ -50,12 +46,12 @@ pub fn compile(
         let dst = Target { spiffe_id: dst_id, labels };
         let segments = segments(policy, dst);
         for (src_n, src_id) in sources {
-            let verdicts: Vec<(u16, u16, u32)> = segments
-                .iter()
-                .map(|&(lo, hi)| (lo, hi, verdict(&policy.decide(src_id, dst, lo))))
-                .collect();
-            let ports_with = |v: u32| verdicts.iter().filter(|s| s.2 == v).map(|s| u32::from(s.1 - s.0) + 1).sum::<u32>();
-            let default = if ports_with(VERDICT_DENY) > ports_with(VERDICT_ALLOW) { VERDICT_DENY } else { VERDICT_ALLOW };
+            let verdicts: Vec<(u16, u16, u32)> =
+                segments.iter().map(|&(lo, hi)| (lo, hi, verdict(&policy.decide(src_id, dst, lo)))).collect();
+            let ports_with =
+                |v: u32| verdicts.iter().filter(|s| s.2 == v).map(|s| u32::from(s.1 - s.0) + 1).sum::<u32>();
+            let default =
+                if ports_with(VERDICT_DENY) > ports_with(VERDICT_ALLOW) { VERDICT_DENY } else { VERDICT_ALLOW };
             let exceptions: Vec<&(u16, u16, u32)> = verdicts.iter().filter(|s| s.2 != default).collect();
             if exceptions.iter().map(|s| u32::from(s.1 - s.0) + 1).sum::<u32>() > MAX_EXCEPTION_PORTS {
                 out.deferred_pairs += 1;

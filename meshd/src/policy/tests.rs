@@ -45,8 +45,14 @@ fn decisions_follow_deny_then_allow_then_defaults() {
     let encoder = id("ns/media/sa/encoder");
     assert_eq!(p.decide(&encoder, target, 9000), Decision::Allow, "principal and port");
     assert_eq!(p.decide(&encoder, target, 8050), Decision::Allow, "port range");
-    assert!(matches!(p.decide(&encoder, target, 9001), Decision::Deny(_)), "an ALLOW policy selects it: other ports deny");
-    assert!(matches!(p.decide(&encoder, target, 8080), Decision::Deny(ref r) if r.contains("no-debug")), "deny wins over allow");
+    assert!(
+        matches!(p.decide(&encoder, target, 9001), Decision::Deny(_)),
+        "an ALLOW policy selects it: other ports deny"
+    );
+    assert!(
+        matches!(p.decide(&encoder, target, 8080), Decision::Deny(ref r) if r.contains("no-debug")),
+        "deny wins over allow"
+    );
     assert_eq!(p.decide(&id("ns/ingest-eu/sa/cam"), target, 1), Decision::Allow, "namespace wildcard");
     assert!(matches!(p.decide(&id("ns/other/sa/x"), target, 9000), Decision::Deny(_)));
     let origin = id("ns/media/sa/origin");
@@ -55,7 +61,10 @@ fn decisions_follow_deny_then_allow_then_defaults() {
     assert!(matches!(p.decide(&encoder, unselected, 8080), Decision::Deny(_)), "but the namespace-wide deny applies");
     let locked = id("ns/locked/sa/vault");
     let locked = Target { spiffe_id: &locked, labels: &none };
-    assert!(matches!(p.decide(&encoder, locked, 1), Decision::Deny(ref r) if r.contains("default")), "namespace default");
+    assert!(
+        matches!(p.decide(&encoder, locked, 1), Decision::Deny(ref r) if r.contains("default")),
+        "namespace default"
+    );
 }
 
 #[test]
@@ -74,10 +83,15 @@ fn compiled_entries_match_decisions_for_every_port() {
         let (_, dst_id, labels) = p.endpoints.iter().find(|e| e.0 == *addr).unwrap();
         for (src_n, src_id) in &sources {
             for port in [1u16, 7999, 8000, 8050, 8080, 8100, 8101, 9000, 9001, 65535] {
-                let lookup = |q: u16| c.verdicts.iter().find(|v| v.0 == *src_n && v.1 == *dst_n && v.2 == q).map(|v| v.3);
+                let lookup =
+                    |q: u16| c.verdicts.iter().find(|v| v.0 == *src_n && v.1 == *dst_n && v.2 == q).map(|v| v.3);
                 let bpf = lookup(port).or_else(|| lookup(0)).expect("every pair has a port-0 entry");
                 let want = p.decide(src_id, Target { spiffe_id: dst_id, labels }, port);
-                assert_eq!(bpf == meshd_common::maps::VERDICT_ALLOW, want == Decision::Allow, "{src_id} → {dst_id}:{port}");
+                assert_eq!(
+                    bpf == meshd_common::maps::VERDICT_ALLOW,
+                    want == Decision::Allow,
+                    "{src_id} → {dst_id}:{port}"
+                );
             }
         }
     }
@@ -86,7 +100,11 @@ fn compiled_entries_match_decisions_for_every_port() {
 #[test]
 fn malformed_policies_name_the_place_and_the_reason() {
     let cases: &[(&str, &str, &str)] = &[
-        ("ns/media/sa/encoder\" ]", "ns/media/sa/encoder\", \"spiffe:/x\" ]", "policies[0] (packager-ingest).rules[0].from.principals[1]"),
+        (
+            "ns/media/sa/encoder\" ]",
+            "ns/media/sa/encoder\", \"spiffe:/x\" ]",
+            "policies[0] (packager-ingest).rules[0].from.principals[1]",
+        ),
         ("ns/media/sa/encoder\" ]", "ns/media/sa/*/x*\" ]", "principals[0]"),
         ("\"ingest-*\"", "\"Ingest_*\"", "from.namespaces[0]"),
         ("[ 8080 ]", "[ 0 ]", "rules[0].to.ports[0]"),
@@ -100,11 +118,19 @@ fn malformed_policies_name_the_place_and_the_reason() {
         assert!(POLICY.contains(from), "{from}");
         let err = parse(&POLICY.replace(from, to)).unwrap_err();
         let text = err.to_string();
-        assert!(matches!(err, Error::Invalid { .. }) && text.contains(place) && text.contains("test.yaml"), "{to}: {text}");
+        assert!(
+            matches!(err, Error::Invalid { .. }) && text.contains(place) && text.contains("test.yaml"),
+            "{to}: {text}"
+        );
     }
-    let dup = POLICY.replace("      - to: { ports: [ 8080 ] }", "      - to: { ports: [ 8080 ] }\n      - to: { ports: [ 8080 ] }");
+    let dup = POLICY
+        .replace("      - to: { ports: [ 8080 ] }", "      - to: { ports: [ 8080 ] }\n      - to: { ports: [ 8080 ] }");
     assert!(parse(&dup).unwrap_err().to_string().contains("duplicates rules[0]"));
-    for text in [POLICY.replace("principals:", "prinicpals:"), "policies: [".into(), POLICY.replace("action: deny\n    rules", "action: maybe\n    rules")] {
+    for text in [
+        POLICY.replace("principals:", "prinicpals:"),
+        "policies: [".into(),
+        POLICY.replace("action: deny\n    rules", "action: maybe\n    rules"),
+    ] {
         assert!(matches!(parse(&text), Err(Error::Parse { .. })), "{text}");
     }
     let huge = format!("{POLICY}\n#{}", "x".repeat(10 << 20));

@@ -22,7 +22,11 @@ impl Policy {
         }
         let file: PolicyFile =
             serde_yaml::from_str(text).map_err(|e| Error::Parse { path: path.into(), message: e.to_string() })?;
-        validate(&file, trust_domain).map_err(|(location, message)| Error::Invalid { path: path.into(), location, message })
+        validate(&file, trust_domain).map_err(|(location, message)| Error::Invalid {
+            path: path.into(),
+            location,
+            message,
+        })
     }
 }
 
@@ -100,7 +104,10 @@ fn validate(file: &PolicyFile, td: &TrustDomain) -> Result<Policy, Invalid> {
     let mut addresses = HashSet::new();
     for (i, e) in file.endpoints.iter().enumerate() {
         let loc = format!("endpoints[{i}]");
-        let addr: IpAddr = e.address.parse().map_err(|_| at(format!("{loc}.address"), format!("{:?} is not an IP address", e.address)))?;
+        let addr: IpAddr = e
+            .address
+            .parse()
+            .map_err(|_| at(format!("{loc}.address"), format!("{:?} is not an IP address", e.address)))?;
         if !addresses.insert(addr) {
             return Err(at(format!("{loc}.address"), format!("{addr} is listed twice")));
         }
@@ -137,7 +144,10 @@ fn validate(file: &PolicyFile, td: &TrustDomain) -> Result<Policy, Invalid> {
             identities.push(spiffe(td, id, &format!("{loc}.selector.identities[{j}]"))?);
         }
         if p.rules.is_empty() {
-            return Err(at(format!("{loc}.rules"), "a policy needs at least one rule (an empty `from` and `to` matches everything)"));
+            return Err(at(
+                format!("{loc}.rules"),
+                "a policy needs at least one rule (an empty `from` and `to` matches everything)",
+            ));
         }
         let mut rules: Vec<Rule> = Vec::new();
         for (j, r) in p.rules.iter().enumerate() {
@@ -147,19 +157,31 @@ fn validate(file: &PolicyFile, td: &TrustDomain) -> Result<Policy, Invalid> {
             for (k, text) in from.principals.iter().enumerate() {
                 let ploc = format!("{rloc}.from.principals[{k}]");
                 principals.push(
-                    Pattern::parse(text, |exact| spiffe(td, exact, &ploc).map(|_| ()).map_err(|(_, m)| m), principal_part)
-                        .map_err(|m| at(&ploc, m))?,
+                    Pattern::parse(
+                        text,
+                        |exact| spiffe(td, exact, &ploc).map(|_| ()).map_err(|(_, m)| m),
+                        principal_part,
+                    )
+                    .map_err(|m| at(&ploc, m))?,
                 );
             }
             let mut namespaces = Vec::new();
             for (k, text) in from.namespaces.iter().enumerate() {
                 let nloc = format!("{rloc}.from.namespaces[{k}]");
                 namespaces.push(
-                    Pattern::parse(text, |exact| namespace(exact, &nloc).map(|_| ()).map_err(|(_, m)| m), namespace_part)
-                        .map_err(|m| at(&nloc, m))?,
+                    Pattern::parse(
+                        text,
+                        |exact| namespace(exact, &nloc).map(|_| ()).map_err(|(_, m)| m),
+                        namespace_part,
+                    )
+                    .map_err(|m| at(&nloc, m))?,
                 );
             }
-            let rule = Rule { principals, namespaces, ports: ports(&r.to.clone().unwrap_or_default().ports, &format!("{rloc}.to.ports"))? };
+            let rule = Rule {
+                principals,
+                namespaces,
+                ports: ports(&r.to.clone().unwrap_or_default().ports, &format!("{rloc}.to.ports"))?,
+            };
             if let Some(k) = rules.iter().position(|other| *other == rule) {
                 return Err(at(rloc, format!("duplicates rules[{k}]")));
             }

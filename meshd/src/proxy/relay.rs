@@ -50,6 +50,9 @@ where
     let mut buf = vec![0u8; BUF];
     loop {
         let n = r.read(&mut buf).await?;
+        if flow.is_cut() {
+            return Err(io::Error::new(io::ErrorKind::ConnectionAborted, "flow cut by the agent"));
+        }
         if n == 0 {
             w.shutdown().await?;
             return Ok(());

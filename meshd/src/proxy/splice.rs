@@ -179,6 +179,9 @@ fn pump_out(
     loop {
         let n = splice(plain, None, &pipe_w, None, CHUNK, SpliceFFlags::SPLICE_F_MOVE)
             .map_err(|e| io_fail("splice from the workload", e))?;
+        if flow.is_cut() {
+            return Err(CloseReason::Cancelled("flow cut by the agent".into()));
+        }
         if n == 0 {
             ktls::send_close_notify(tls.as_raw_fd()).map_err(|e| io_fail("send close_notify", e))?;
             let _ = tls.shutdown(Shutdown::Write);
@@ -231,6 +234,7 @@ fn pump_in(
     loop {
         match splice(tls, None, &pipe_w, None, CHUNK, SpliceFFlags::SPLICE_F_MOVE) {
             Ok(0) => return Err(CloseReason::Error("the peer closed without close_notify (truncated)".into())),
+            Ok(_) if flow.is_cut() => return Err(CloseReason::Cancelled("flow cut by the agent".into())),
             Ok(n) => {
                 drain_pipe(&pipe_r, &plain, n)?;
                 flow.bytes_in.fetch_add(n as u64, Ordering::Relaxed);

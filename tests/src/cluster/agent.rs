@@ -16,6 +16,7 @@ use crate::paths;
 #[derive(Debug, Clone)]
 pub struct AgentOptions {
     pub data_path: DataPathMode,
+    pub on_exit: meshd::config::OnExit,
     /// `RUST_LOG` for the agent.
     pub log: String,
     /// Extra environment variables.
@@ -24,7 +25,7 @@ pub struct AgentOptions {
 
 impl Default for AgentOptions {
     fn default() -> Self {
-        Self { data_path: DataPathMode::Auto, log: "info".into(), env: Vec::new() }
+        Self { data_path: DataPathMode::Auto, on_exit: Default::default(), log: "info".into(), env: Vec::new() }
     }
 }
 
@@ -74,6 +75,7 @@ impl Agent {
             data_path: opts.data_path,
             idle_timeout: None,
             ktls_record_limit: None,
+            on_exit: opts.on_exit,
             policy: None,
         }
     }
