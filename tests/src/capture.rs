@@ -11,6 +11,7 @@ use std::{
 
 use crate::cluster::Node;
 
+pub mod packets;
 pub mod tls;
 
 /// A running capture; stop it to read the file.
@@ -31,7 +32,7 @@ impl Capture {
         let file = node.run_dir().join(format!("capture-{}-{iface}.pcap", node.name));
         let mut cmd = node.command("tcpdump");
         // A large kernel buffer (-B, KiB): at full mesh speed a small one drops packets.
-        cmd.args(["-i", iface, "-s", "0", "-B", "262144", "-U", "-n", "-w"]).arg(&file);
+        cmd.args(["-i", iface, "-s", "0", "-B", "262144", "--immediate-mode", "-U", "-n", "-w"]).arg(&file);
         if let Some(n) = packets {
             cmd.args(["-c", &n.to_string()]);
         }

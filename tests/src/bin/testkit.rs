@@ -31,6 +31,17 @@ enum Cmd {
         addr: SocketAddr,
         #[arg(long)]
         name: String,
+        /// Print "accepted PEER" for every connection.
+        #[arg(long)]
+        log: bool,
+    },
+    /// Tries COUNT connections, each reading the server's answer; prints "ok=N failed=M".
+    Probe {
+        addr: SocketAddr,
+        #[arg(long)]
+        count: u32,
+        #[arg(long, default_value = "2000")]
+        timeout_ms: u64,
     },
     Connect {
         addr: SocketAddr,
@@ -76,7 +87,28 @@ enum Cmd {
 
 fn main() -> Result<()> {
     match Cli::parse().cmd {
-        Cmd::Serve { addr, name } => serve(addr, &name),
+        Cmd::Serve { addr, name, log } => serve(addr, &name, log),
+        Cmd::Probe { addr, count, timeout_ms } => {
+            let (mut ok, mut failed) = (0u32, 0u32);
+            let t = Duration::from_millis(timeout_ms);
+            for _ in 0..count {
+                let answered = TcpStream::connect_timeout(&addr, t).and_then(|mut s| {
+                    s.set_read_timeout(Some(t))?;
+                    let mut line = String::new();
+                    BufReader::new(&mut s).read_line(&mut line)?;
+                    if line.is_empty() {
+                        return Err(std::io::Error::other("closed without an answer"));
+                    }
+                    Ok(())
+                });
+                match answered {
+                    Ok(()) => ok += 1,
+                    Err(_) => failed += 1,
+                }
+            }
+            println!("ok={ok} failed={failed}");
+            Ok(())
+        }
         Cmd::Connect { addr, mark, send, bind_port, timeout_secs } => {
             connect(addr, mark, send, bind_port, timeout_secs)
         }
@@ -127,12 +159,16 @@ fn bind(addr: SocketAddr) -> Result<TcpListener> {
     TcpListener::bind(addr).with_context(|| format!("listen on {addr}"))
 }
 
-fn serve(addr: SocketAddr, name: &str) -> Result<()> {
+fn serve(addr: SocketAddr, name: &str, log: bool) -> Result<()> {
     let listener = bind(addr)?;
     println!("listening {addr}");
     std::io::stdout().flush()?;
     for conn in listener.incoming() {
         let Ok(mut s) = conn else { continue };
+        if log {
+            println!("accepted {}", s.peer_addr().map(|a| a.to_string()).unwrap_or_default());
+            std::io::stdout().flush()?;
+        }
         let _ = s.write_all(format!("{name}\n").as_bytes());
     }
     Ok(())
