@@ -13,8 +13,17 @@ fn testkit(pod: &Pod, args: &[&str]) -> Command {
     cmd
 }
 
-fn flows_closed(agent: &Agent) -> usize {
-    agent.log().matches("flow closed").count()
+/// Flows the agent has logged as closed, waiting (up to 5 s) until there are at least
+/// `expected` — a flow is logged when both directions have ended, just after the client got its
+/// answer — and then a little longer, so an unexpected extra one shows too.
+fn flows_closed(agent: &Agent, expected: usize) -> usize {
+    let count = || agent.log().matches("flow closed").count();
+    let start = std::time::Instant::now();
+    while count() < expected && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    count()
 }
 
 #[test]
@@ -32,7 +41,7 @@ fn workloads_enroll_and_unenroll_at_runtime_and_sigterm_fails_closed_or_detaches
 
     // Not enrolled: direct.
     assert_eq!(ask(&["connect", &dst]), "server");
-    assert_eq!(flows_closed(&agent_a), 0);
+    assert_eq!(flows_closed(&agent_a, 0), 0);
     // Enrolled through the CLI: meshed.
     let id = client.spiffe_id(&c.trust_domain);
     let cgroup = client.cgroup.display().to_string();
@@ -42,7 +51,7 @@ fn workloads_enroll_and_unenroll_at_runtime_and_sigterm_fails_closed_or_detaches
     assert!(out.status.success(), "meshd enroll: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(agent_a.status()["workloads"][0]["spiffe_id"], id.as_str());
     assert_eq!(ask(&["connect", &dst]), "server");
-    assert_eq!(flows_closed(&agent_a), 1, "the connection went through agent a:\n{}", agent_a.log_tail(10));
+    assert_eq!(flows_closed(&agent_a, 1), 1, "the connection went through agent a:\n{}", agent_a.log_tail(10));
     // Enrolling again, or with a bad identity, is refused with a reason.
     let again =
         agent_a.meshctl(&["enroll", "--name", "client", "--cgroup", &cgroup, "--netns", &netns, "--spiffe-id", &id]);
@@ -63,7 +72,7 @@ fn workloads_enroll_and_unenroll_at_runtime_and_sigterm_fails_closed_or_detaches
     let out = agent_a.meshctl(&["unenroll", "--name", "client"]);
     assert!(out.status.success(), "meshd unenroll: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(ask(&["connect", &dst]), "server");
-    assert_eq!(flows_closed(&agent_a), 1, "after unenroll the agent is not in the path");
+    assert_eq!(flows_closed(&agent_a, 1), 1, "after unenroll the agent is not in the path");
 
     // SIGTERM (default on_exit: keep_closed): exit 0, the programs stay attached, so the pod's
     // meshed connections are refused — never sent directly — until an agent runs again.
@@ -80,7 +89,8 @@ fn workloads_enroll_and_unenroll_at_runtime_and_sigterm_fails_closed_or_detaches
     let detach = AgentOptions { on_exit: meshd::config::OnExit::Detach, ..AgentOptions::default() };
     let mut agent_a = Agent::start(&a, Agent::config(&c, &a, &[&client], &detach), &detach);
     assert_eq!(ask(&["connect", &dst]), "server");
-    assert_eq!(flows_closed(&agent_a), 1, "the restarted agent carries the pod's flows:\n{}", agent_a.log_tail(10));
+    // The log file is shared with the first run (one flow logged there).
+    assert_eq!(flows_closed(&agent_a, 2), 2, "the restarted agent carries the pod's flows:\n{}", agent_a.log_tail(10));
     let status = agent_a.stop().expect("agent exit status");
     assert!(status.success(), "{status}\n{}", agent_a.log_tail(10));
     assert!(!pins.exists(), "on_exit: detach removes the pins");

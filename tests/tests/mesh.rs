@@ -53,7 +53,8 @@ fn a_200_mb_stream_arrives_intact_and_the_wire_carries_no_plaintext() {
         assert_eq!(capture::count(&wire, &sample), 0, "plaintext of the stream at offset {offset} is on the wire");
     }
     // Flows are visible in both agents' logs with both identities.
-    let (log_a, log_b) = (agent_a.log(), agent_b.log());
+    let wait = Duration::from_secs(5);
+    let (log_a, log_b) = (agent_a.wait_log("flow closed", 1, wait), agent_b.wait_log("flow closed", 1, wait));
     let (id_client, id_server) = (client.spiffe_id(&c.trust_domain), server.spiffe_id(&c.trust_domain));
     assert!(log_a.contains("flow closed") && log_a.contains(&id_server), "agent a log:\n{log_a}");
     assert!(log_b.contains("flow closed") && log_b.contains(&id_client), "agent b log:\n{log_b}");
@@ -108,7 +109,8 @@ fn failures_reach_the_application_as_resets_with_reasons_in_the_logs() {
     let (ok, out, err) = connect(&client, &format!("{}:9999", server.ip), Some("hello"));
     assert!(!ok && out.is_empty(), "the client must fail, got {out:?}");
     assert!(err.contains("reset"), "the application sees a reset: {err}");
-    assert!(agent_a.log().contains("refused: connect to"), "agent a says why:\n{}", agent_a.log_tail(20));
+    let log_a = agent_a.wait_log("refused: connect to", 1, Duration::from_secs(5));
+    assert!(log_a.contains("refused: connect to"), "agent a says why:\n{}", agent_a.log_tail(20));
     // The server resets the connection mid-flow: the client sees a reset too.
     let _rst = procs::spawn_ready(testkit(&server, &["reset", "0.0.0.0:9002"]), "reset server", "listening");
     let (ok, _, err) = connect(&client, &format!("{}:9002", server.ip), Some("x"));
@@ -118,7 +120,7 @@ fn failures_reach_the_application_as_resets_with_reasons_in_the_logs() {
     let (ok, out, err) = connect(&client, &format!("{}:9003", server.ip), Some("ping"));
     assert!(ok, "{err}");
     assert!(out.trim().ends_with(" 4"), "the sink saw EOF after 4 bytes and answered: {out:?}");
-    assert!(agent_b.log().contains("flow closed"));
+    assert!(agent_b.wait_log("flow closed", 1, Duration::from_secs(5)).contains("flow closed"));
 }
 
 #[test]
@@ -152,13 +154,14 @@ fn a_peer_with_a_certificate_from_another_ca_is_refused_and_nothing_leaks() {
     let wire = cap.stop();
     assert!(capture::count(&wire, b":15008") == 0 || !wire.is_empty());
     assert_eq!(capture::count(&wire, secret.as_bytes()), 0, "plaintext reached the wire");
-    let log_a = agent_a.log();
+    let log_a = agent_a.wait_log("flow refused", 1, Duration::from_secs(5));
     assert!(
         log_a.contains("invalid peer certificate") || log_a.contains("UnknownIssuer") || log_a.contains("another CA"),
         "agent a says why the handshake failed:\n{}",
         agent_a.log_tail(20)
     );
-    assert!(agent_b.log().contains("inbound flow refused"), "agent b logs the refusal:\n{}", agent_b.log_tail(20));
+    let log_b = agent_b.wait_log("inbound flow refused", 1, Duration::from_secs(5));
+    assert!(log_b.contains("inbound flow refused"), "agent b logs the refusal:\n{}", agent_b.log_tail(20));
 }
 
 #[test]

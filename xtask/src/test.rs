@@ -67,7 +67,7 @@ pub fn test(args: &TestArgs) -> Result<()> {
             Command::new(cargo())
                 .current_dir(workspace_root())
                 .env("MESHD_EBPF_OBJECT", compile::ebpf_object())
-                .args(["test", "--workspace", "--exclude", "meshd-ebpf", "--lib", "--bins"]),
+                .args(["test", "--no-fail-fast", "--workspace", "--exclude", "meshd-ebpf", "--lib", "--bins"]),
             "unit tests",
         )
     });
@@ -77,7 +77,7 @@ pub fn test(args: &TestArgs) -> Result<()> {
                 .current_dir(workspace_root())
                 .env("MESHD_EBPF_OBJECT", compile::ebpf_object())
                 .env("MESHD_BIN_DIR", compile::bin_dir())
-                .args(["test", "--package", "meshd-tests"])
+                .args(["test", "--no-fail-fast", "--package", "meshd-tests"])
                 .args(host_tests()?.iter().flat_map(|t| ["--test", t.as_str()]))
                 .arg("--")
                 .arg(format!("--test-threads={}", args.threads))

@@ -82,3 +82,23 @@ fn syntax_errors_and_unknown_fields_are_rejected() {
     assert!(parse_yaml(&dup).unwrap_err().to_string().contains("enrolled twice"));
     assert!(matches!(Config::parse(Path::new("c.json"), "{}"), Err(Error::Extension { .. })));
 }
+
+#[test]
+fn the_daemonset_config_and_policy_parse() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/meshd.yaml")).unwrap();
+    let docs: Vec<serde_yaml::Value> =
+        serde_yaml::Deserializer::from_str(&text).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect();
+    let kinds: Vec<&str> = docs.iter().filter_map(|d| d["kind"].as_str()).collect();
+    assert_eq!(kinds, ["Namespace", "ServiceAccount", "ConfigMap", "DaemonSet"]);
+    let cm = &docs[2]["data"];
+    let config = cm["meshd.yaml"].as_str().unwrap().replace("NODE_NAME", "node-1");
+    let c = Config::parse(Path::new("meshd.yaml"), &config).unwrap();
+    c.validate().unwrap();
+    assert_eq!(c.on_exit, OnExit::KeepClosed);
+    let td = crate::identity::TrustDomain::new(&c.trust_domain).unwrap();
+    crate::policy::Policy::parse("policy.yaml", cm["policy.yaml"].as_str().unwrap(), &td).unwrap();
+    let ds = &docs[3]["spec"]["template"]["spec"];
+    assert_eq!(ds["hostNetwork"], serde_yaml::Value::Bool(true));
+    let port = ds["containers"][0]["readinessProbe"]["httpGet"]["port"].as_u64().unwrap();
+    assert_eq!(Some(port as u16), c.admin.http.map(|a| a.port()), "the probes hit the admin listener");
+}

@@ -193,10 +193,10 @@ fn pump_out(
                 records = 0;
             }
         }
-        drain_pipe(&pipe_r, tls, n)?;
-        flow.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
-        records += (n as u64).div_ceil(MAX_RECORD);
-        if records >= limit {
+        // Never let one key encrypt more than `limit` records: change it (or end the flow)
+        // before the splice that would cross the limit.
+        let adding = (n as u64).div_ceil(MAX_RECORD);
+        if records + adding > limit {
             match secret.as_mut() {
                 Some(s) => {
                     update_tx(tls, s)?;
@@ -213,6 +213,9 @@ fn pump_out(
                 }
             }
         }
+        drain_pipe(&pipe_r, tls, n)?;
+        flow.bytes_out.fetch_add(n as u64, Ordering::Relaxed);
+        records += adding;
     }
 }
 

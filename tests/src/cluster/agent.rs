@@ -151,6 +151,19 @@ impl Agent {
             .expect("run meshd")
     }
 
+    /// Waits (up to `timeout`) until the log contains `needle` at least `count` times; returns
+    /// the log either way, so the caller's assertion shows it.
+    pub fn wait_log(&self, needle: &str, count: usize, timeout: Duration) -> String {
+        let start = Instant::now();
+        loop {
+            let log = self.log();
+            if log.matches(needle).count() >= count || start.elapsed() >= timeout {
+                return log;
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
