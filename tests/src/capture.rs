@@ -47,7 +47,8 @@ impl Capture {
                 let _ = tx.send(line);
             }
         });
-        let started = rx.recv_timeout(Duration::from_secs(10)).unwrap_or_default();
+        // Generous: under emulation (the VM tier) tcpdump takes seconds to start.
+        let started = rx.recv_timeout(Duration::from_secs(60)).unwrap_or_default();
         assert!(started.contains("listening on"), "tcpdump on {iface} did not start: {started:?}");
         Self { child: Some(child), file }
     }

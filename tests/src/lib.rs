@@ -18,6 +18,7 @@ pub mod cluster;
 pub mod media;
 pub mod paths;
 pub mod pattern;
+pub mod policy_mesh;
 pub mod procs;
 pub mod require;
 

@@ -158,7 +158,7 @@ fn kernel_tls_carries_a_checksummed_256_mb_stream_and_only_tls_crosses_the_link(
 
 #[test]
 fn agent_cpu_per_byte_on_kernel_tls_against_userspace() {
-    const BYTES: u64 = 96 << 20;
+    const BYTES: u64 = 32 << 20;
     require_ktls();
     let mut per_byte = BTreeMap::new();
     for mode in [DataPathMode::Ktls, DataPathMode::Userspace] {
@@ -200,7 +200,7 @@ fn agent_cpu_per_byte_on_kernel_tls_against_userspace() {
 
 #[test]
 fn a_userspace_agent_and_a_kernel_tls_agent_interoperate() {
-    const BYTES: u64 = 32 << 20;
+    const BYTES: u64 = 16 << 20;
     require_ktls();
     let mut c = Cluster::new("vm-interop");
     let (a, b) = (c.add_node("a"), c.add_node("b"));
