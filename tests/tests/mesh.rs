@@ -210,3 +210,61 @@ fn svids_rotate_under_a_live_stream_without_losing_a_byte() {
     let (ok, out, err) = connect(&client, &format!("{}:9000", server.ip), Some("after"));
     assert!(ok && out.trim().ends_with(" 5"), "{out} {err}");
 }
+
+#[test]
+fn svid_files_in_the_cert_manager_layout_identify_workloads_and_reload() {
+    let mut c = Cluster::new("mesh-files");
+    let (a, b) = (c.add_node("a"), c.add_node("b"));
+    let (client, server) = (c.add_pod("a", "client"), c.add_pod("b", "server"));
+    let ca = c.ca_dir();
+    let issue = |pod: &Pod, dir: &std::path::Path| {
+        let mut cmd = std::process::Command::new(paths::bin("meshd"));
+        cmd.args(["ca", "issue", "--dir"]).arg(&ca).args([
+            "--spiffe-id",
+            &pod.spiffe_id(&c.trust_domain),
+            "--ttl",
+            "1h",
+            "--out",
+        ]);
+        cmd.arg(dir.join(&pod.name));
+        procs::run_ok(cmd, "meshd ca issue", T);
+    };
+    let (dir_a, dir_b) = (c.run_dir().join("svids-a"), c.run_dir().join("svids-b"));
+    issue(&client, &dir_a);
+    issue(&server, &dir_b);
+    let o = AgentOptions::default();
+    let files = |mut cfg: meshd::config::Config, dir: &std::path::Path| {
+        cfg.identity = meshd::config::IdentityConfig {
+            dev_ca: None,
+            files: Some(meshd::config::FilesConfig { dir: dir.to_path_buf() }),
+        };
+        cfg
+    };
+    let agent_a = Agent::start(&a, files(Agent::config(&c, &a, &[&client], &o), &dir_a), &o);
+    // Node b's agent starts with no workload; the server is enrolled at runtime.
+    let agent_b = Agent::start(&b, files(Agent::config(&c, &b, &[], &o), &dir_b), &o);
+    let out = agent_b.meshctl(&[
+        "enroll",
+        "--name",
+        "server",
+        "--cgroup",
+        &server.cgroup.display().to_string(),
+        "--netns",
+        &server.netns_path().display().to_string(),
+        "--spiffe-id",
+        &server.spiffe_id(&c.trust_domain),
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let _sink = procs::spawn_ready(testkit(&server, &["sink", "0.0.0.0:9000"]), "sink", "listening");
+    let (ok, out, err) = connect(&client, &format!("{}:9000", server.ip), Some("hello"));
+    assert!(ok && out.trim().ends_with(" 5"), "{out} {err}");
+    // cert-manager renews the client's SVID: the agent picks the new files up.
+    let before = agent_a.status()["workloads"][0]["svid_not_after"].clone();
+    std::thread::sleep(Duration::from_millis(1100));
+    issue(&client, &dir_a);
+    let log = agent_a.wait_log("loaded new SVID from files", 1, Duration::from_secs(15));
+    assert!(log.contains("loaded new SVID from files"), "{}", agent_a.log_tail(10));
+    assert_ne!(agent_a.status()["workloads"][0]["svid_not_after"], before, "the new SVID is in use");
+    let (ok, out, err) = connect(&client, &format!("{}:9000", server.ip), Some("again"));
+    assert!(ok && out.trim().ends_with(" 5"), "{out} {err}");
+}

@@ -46,6 +46,10 @@ impl Agent {
         let cgroup = crate::cgroup::resolve(&self.cgroup_root, &cfg.cgroup)?;
         let cgroup_id = crate::cgroup::cgroup_id(&cgroup)?;
         let netns = Netns::open(&cfg.netns)?;
+        if let Some(files) = &self.config.identity.files {
+            // The file source reads `<dir>/<workload>/{tls.crt,tls.key,ca.crt}`.
+            self.identity.watch_identity(&spiffe_id, &files.dir.join(&cfg.name))?;
+        }
         let client =
             crate::tls::client_config(Arc::clone(&self.identity), spiffe_id.clone(), self.trust_domain.clone())?;
         let server =

@@ -7,7 +7,7 @@
 //! load never mixes two generations.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -59,13 +59,14 @@ impl FileSourceConfig {
 /// the union of the `ca.crt` roots of all directories.
 pub struct FileSource {
     inner: Arc<Inner>,
-    _watcher: Option<RecommendedWatcher>,
+    watcher: std::sync::Mutex<Option<RecommendedWatcher>>,
     task: AbortHandle,
 }
 
 struct Inner {
     trust_domain: TrustDomain,
-    dirs: Vec<(SpiffeId, PathBuf)>,
+    /// Grows when workloads are enrolled at runtime ([`FileSource::add`]).
+    dirs: RwLock<Vec<(SpiffeId, PathBuf)>>,
     poll_interval: Duration,
     state: RwLock<State>,
     changes: watch::Sender<u64>,
@@ -92,7 +93,7 @@ impl FileSource {
         let state = State { loaded, bundle: Arc::new(bundle), last_error: HashMap::new() };
         let inner = Arc::new(Inner {
             trust_domain: config.trust_domain,
-            dirs: config.identities,
+            dirs: RwLock::new(config.identities),
             poll_interval: config.poll_interval,
             state: RwLock::new(state),
             changes: watch::channel(0).0,
@@ -100,7 +101,33 @@ impl FileSource {
         });
         let watcher = if config.watch_events { Some(watch_dirs(&inner)?) } else { None };
         let task = spawn_background("file identity source", reload_loop(inner.clone()))?;
-        Ok(Arc::new(Self { inner, _watcher: watcher, task }))
+        Ok(Arc::new(Self { inner, watcher: std::sync::Mutex::new(watcher), task }))
+    }
+
+    /// Adds an identity at runtime (a workload enrolled after start-up): its folder must hold a
+    /// usable SVID now; from then on it is watched and polled like the others.
+    pub fn add(&self, id: SpiffeId, dir: PathBuf) -> Result<(), Error> {
+        let bad = |reason: String| Error::Config { what: "file identity source", reason };
+        if !id.is_member_of(&self.inner.trust_domain) {
+            return Err(bad(format!("{id} is not in trust domain {}", self.inner.trust_domain)));
+        }
+        if self.inner.read_dirs().iter().any(|(other, _)| *other == id) {
+            return Ok(());
+        }
+        let loaded = load(&id, read_snapshot(&dir)?)?;
+        if let Some(w) = self.watcher.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+            w.watch(&dir, RecursiveMode::NonRecursive).map_err(|source| Error::Watch {
+                target: format!("watch identity directory {}", dir.display()),
+                source,
+            })?;
+        }
+        self.inner.dirs.write().unwrap_or_else(|p| p.into_inner()).push((id.clone(), dir));
+        let mut state = self.inner.state.write().unwrap_or_else(|p| p.into_inner());
+        state.loaded.insert(id, loaded);
+        state.bundle = Arc::new(union_bundle(&self.inner.trust_domain, &self.inner.read_dirs(), &state.loaded));
+        drop(state);
+        self.inner.changes.send_modify(|n| *n += 1);
+        Ok(())
     }
 }
 
@@ -126,9 +153,17 @@ impl IdentitySource for FileSource {
     fn changes(&self) -> watch::Receiver<u64> {
         self.inner.changes.subscribe()
     }
+
+    fn watch_identity(&self, id: &SpiffeId, dir: &Path) -> Result<(), Error> {
+        self.add(id.clone(), dir.to_path_buf())
+    }
 }
 
 impl Inner {
+    fn read_dirs(&self) -> Vec<(SpiffeId, PathBuf)> {
+        self.dirs.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     fn read_state(&self) -> std::sync::RwLockReadGuard<'_, State> {
         // Writers replace whole entries, so a poisoned lock still holds consistent data.
         self.state.read().unwrap_or_else(|p| p.into_inner())
@@ -138,7 +173,8 @@ impl Inner {
     fn reload(&self) {
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         let mut changed = 0u64;
-        for (id, dir) in &self.dirs {
+        let dirs = self.read_dirs();
+        for (id, dir) in &dirs {
             let result = read_snapshot(dir).and_then(|snapshot| {
                 if state.loaded.get(id).is_some_and(|l| l.snapshot == snapshot) {
                     return Ok(None);
@@ -165,7 +201,7 @@ impl Inner {
             }
         }
         if changed > 0 {
-            let bundle = union_bundle(&self.trust_domain, &self.dirs, &state.loaded);
+            let bundle = union_bundle(&self.trust_domain, &dirs, &state.loaded);
             state.bundle = Arc::new(bundle);
             drop(state);
             self.changes.send_modify(|n| *n += changed);
@@ -175,9 +211,6 @@ impl Inner {
 
 fn validate(config: &FileSourceConfig) -> Result<(), Error> {
     let bad = |reason: String| Error::Config { what: "file identity source", reason };
-    if config.identities.is_empty() {
-        return Err(bad("no identity directories configured".to_owned()));
-    }
     if config.poll_interval.is_zero() {
         return Err(bad("poll interval must be positive".to_owned()));
     }
@@ -201,7 +234,7 @@ fn watch_dirs(inner: &Inner) -> Result<RecommendedWatcher, Error> {
         wake.notify_one();
     })
     .map_err(|source| Error::Watch { target: "create file watcher".to_owned(), source })?;
-    for (_, dir) in &inner.dirs {
+    for (_, dir) in &inner.read_dirs() {
         watcher
             .watch(dir, RecursiveMode::NonRecursive)
             .map_err(|source| Error::Watch { target: format!("watch identity directory {}", dir.display()), source })?;

@@ -25,4 +25,10 @@ pub trait IdentitySource: Send + Sync + 'static {
     fn bundle(&self) -> Arc<TrustBundle>;
     /// Bumped every time any SVID or the bundle changes (rotation); for metrics/logs.
     fn changes(&self) -> watch::Receiver<u64>;
+    /// A workload was enrolled at runtime: sources that read per-identity material (files)
+    /// start watching `dir` for it; sources that issue on demand need nothing.
+    fn watch_identity(&self, id: &SpiffeId, dir: &std::path::Path) -> Result<(), Error> {
+        let _ = (id, dir);
+        Ok(())
+    }
 }
