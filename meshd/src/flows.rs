@@ -63,6 +63,8 @@ pub struct Flow {
     pub bytes_in: AtomicU64,
     pub started: Instant,
     pub started_at: SystemTime,
+    /// Sampling state for metrics and `meshd status`: rates, TCP health, exported bytes.
+    pub stats: crate::metrics::FlowStats,
 }
 
 /// The live flows.
@@ -103,6 +105,7 @@ impl FlowTable {
             bytes_in: AtomicU64::new(0),
             started: Instant::now(),
             started_at: SystemTime::now(),
+            stats: Default::default(),
         });
         self.lock().insert(id, Arc::clone(&flow));
         FlowGuard { flow, table: Arc::clone(self) }

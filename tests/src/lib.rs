@@ -8,11 +8,15 @@
 //! - [`require`]: privileged tests fail — never pass silently — when root or a kernel feature
 //!   is missing.
 //! - [`paths`]: where the built binaries are.
+//! - [`http`]: a GET inside a namespace (admin listener, Prometheus API); [`otlp`]: an
+//!   in-process OTLP/HTTP trace receiver.
 //! - `bin/testkit.rs`: a small TCP client/server used inside pods (identify-yourself servers,
 //!   checksummed sources and sinks).
 
 pub mod capture;
 pub mod cluster;
+pub mod http;
+pub mod otlp;
 pub mod paths;
 pub mod pattern;
 pub mod procs;
