@@ -23,7 +23,9 @@ pub enum Error {
     Ambiguous { found: String },
     #[error("bind admin socket {path}: {source}")]
     Bind { path: PathBuf, source: std::io::Error },
-    #[error("bind the admin HTTP listener {addr}: {source} (set admin.http to another address, or null to disable it)")]
+    #[error(
+        "bind the admin HTTP listener {addr}: {source} (set admin.http to another address, or null to disable it)"
+    )]
     HttpBind { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("the agent refused: {0}")]
     Refused(String),

@@ -98,9 +98,9 @@ pub fn init(format: LogFormat, otlp: Option<(&Otlp, &str)>) -> Result<Telemetry,
         LogFormat::Json => fmt.json().flatten_event(true).with_current_span(true).with_span_list(false).boxed(),
     };
     let provider = otlp.map(|(o, node)| tracer_provider(o, node)).transpose()?;
-    let otel = provider.as_ref().map(|p| {
-        tracing_opentelemetry::layer().with_tracer(p.tracer("meshd")).with_filter(filter_fn(exported))
-    });
+    let otel = provider
+        .as_ref()
+        .map(|p| tracing_opentelemetry::layer().with_tracer(p.tracer("meshd")).with_filter(filter_fn(exported)));
     tracing_subscriber::registry()
         .with(fmt.with_filter(env))
         .with(otel)

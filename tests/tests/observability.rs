@@ -70,10 +70,10 @@ fn series<'a>(f: &'a Value, suffix: &str) -> Vec<&'a Value> {
 #[test]
 fn metrics_are_valid_openmetrics_and_a_thousand_short_flows_stay_bounded() {
     let (c, client, server, agent_a, agent_b) = two_nodes("obs-cardinality");
-    let _serve =
-        procs::spawn_ready(testkit(&server, &["serve", "0.0.0.0:9000", "--name", "s"]), "server", "listening");
+    let _serve = procs::spawn_ready(testkit(&server, &["serve", "0.0.0.0:9000", "--name", "s"]), "server", "listening");
     // 1,000 connections in a row, each from a new source port.
-    let out = procs::run_ok(testkit(&client, &["churn", &format!("{}:9000", server.ip), "--count", "1000"]), "churn", T);
+    let out =
+        procs::run_ok(testkit(&client, &["churn", &format!("{}:9000", server.ip), "--count", "1000"]), "churn", T);
     assert_eq!(out.trim(), "1000");
     let (src, dst) = (client.spiffe_id(&c.trust_domain), server.spiffe_id(&c.trust_domain));
     for (agent, direction) in [(&agent_a, "outbound"), (&agent_b, "inbound")] {

@@ -63,6 +63,19 @@ fn value(sample: &Value) -> f64 {
     sample["value"][1].as_str().and_then(|s| s.parse().ok()).unwrap_or(f64::NAN)
 }
 
+fn collect_exprs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(e)) = m.get("expr") {
+                out.push(e.clone());
+            }
+            m.values().for_each(|v| collect_exprs(v, out));
+        }
+        Value::Array(a) => a.iter().for_each(|v| collect_exprs(v, out)),
+        _ => {}
+    }
+}
+
 #[test]
 fn prometheus_sees_an_ffmpeg_stream_with_its_identities_and_bitrate() {
     require::program("ffmpeg", "ffmpeg");
@@ -106,6 +119,7 @@ fn prometheus_sees_an_ffmpeg_stream_with_its_identities_and_bitrate() {
     let rate = query(&a, "sum(rate(meshd_flow_sent_bytes_total{direction=\"outbound\"}[8s]))");
     let bytes_per_sec = rate.first().map(value).unwrap_or(0.0);
     let want = MUXRATE_BITS as f64 / 8.0;
+    eprintln!("PromQL byte rate {bytes_per_sec:.0} B/s; the stream's mux rate {want:.0} B/s");
     assert!(
         (bytes_per_sec - want).abs() <= want * 0.10,
         "byte rate {bytes_per_sec:.0} B/s must be within 10% of the stream's {want:.0} B/s"
@@ -113,6 +127,18 @@ fn prometheus_sees_an_ffmpeg_stream_with_its_identities_and_bitrate() {
     let hs = query(&a, "sum(meshd_handshake_duration_seconds_count{direction=\"outbound\"})");
     assert_eq!(hs.first().map(value), Some(1.0), "{hs:?}");
     assert!(started.elapsed() < Duration::from_secs(24), "the queries ran while the stream was live");
+
+    // Every query of the Grafana dashboard is valid PromQL over these metrics.
+    let dashboard: Value = serde_json::from_str(include_str!("../../deploy/grafana/meshd-dashboard.json")).expect("JSON");
+    let mut exprs = Vec::new();
+    collect_exprs(&dashboard, &mut exprs);
+    assert!(exprs.len() > 20, "{exprs:?}");
+    for e in exprs {
+        let e = e.replace("$instance", ".*").replace("$__rate_interval", "8s");
+        let path = format!("/api/v1/query?query={}", encode_query(&e));
+        let (status, body) = get(&a.netns_path(), PROMETHEUS.parse().expect("addr"), &path).expect("query");
+        assert_eq!(status, 200, "dashboard query {e}: {body}");
+    }
 
     // The access log (JSON) has the open line with identities and the original destination.
     let log = agent_a.log();

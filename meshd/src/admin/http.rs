@@ -121,7 +121,10 @@ mod tests {
         let fake = Arc::new(Fake(AtomicBool::new(false)));
         let task = tokio::spawn(serve(listener, Arc::clone(&fake)));
         let m = get(addr, "/metrics").await;
-        assert!(m.starts_with("HTTP/1.1 200") && m.contains("application/openmetrics-text") && m.contains("x 1"), "{m}");
+        assert!(
+            m.starts_with("HTTP/1.1 200") && m.contains("application/openmetrics-text") && m.contains("x 1"),
+            "{m}"
+        );
         assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
         let r = get(addr, "/readyz").await;
         assert!(r.starts_with("HTTP/1.1 503") && r.contains("programs not attached"), "{r}");

@@ -51,7 +51,10 @@ impl Config {
         }
         if let Some(o) = &self.otlp {
             if !o.endpoint.starts_with("http://") || o.endpoint.len() <= "http://".len() {
-                return Err(invalid("otlp.endpoint", "must be an http:// URL of an OTLP/HTTP collector, e.g. http://otel-collector:4318"));
+                return Err(invalid(
+                    "otlp.endpoint",
+                    "must be an http:// URL of an OTLP/HTTP collector, e.g. http://otel-collector:4318",
+                ));
             }
             if o.export_interval.is_zero() {
                 return Err(invalid("otlp.export_interval", "must be positive"));

@@ -64,7 +64,8 @@ mod tests {
 
     #[test]
     fn parses_the_kernel_format() {
-        let text = "TlsCurrTxSw                     \t1\nTlsTxSw                         \t7\nTlsDecryptError \t2\nbogus\n";
+        let text =
+            "TlsCurrTxSw                     \t1\nTlsTxSw                         \t7\nTlsDecryptError \t2\nbogus\n";
         let stats = parse(text);
         assert_eq!(stats, vec![("TlsCurrTxSw".into(), 1), ("TlsTxSw".into(), 7), ("TlsDecryptError".into(), 2)]);
         assert_eq!(kind("TlsDecryptError"), Some(Kind::Error("decrypt_error")));

@@ -17,6 +17,9 @@ use prometheus_client::{
 
 use super::{ktls::Kind, labels::PairLimiter};
 
+/// Counter values by label, e.g. the eBPF counters by reason.
+pub type Counts = Vec<(&'static str, u64)>;
+
 /// One enrolled workload's current SVID.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SvidState {
@@ -30,7 +33,7 @@ pub struct SvidState {
 #[derive(Debug, Clone, Default)]
 pub struct NodeState {
     /// Sums of the per-CPU `ERRORS` and `EVENTS` maps; `None` once the programs are detached.
-    pub ebpf: Option<(Vec<(&'static str, u64)>, Vec<(&'static str, u64)>)>,
+    pub ebpf: Option<(Counts, Counts)>,
     pub svids: Vec<SvidState>,
     /// SVID or trust bundle changes since start-up.
     pub rotations: u64,
@@ -119,7 +122,9 @@ impl Collector for NodeCollector {
                 let w = ("workload", workload.clone());
                 match super::ktls::kind(name) {
                     Some(Kind::Error(k)) => err.insert(vec![w, ("error", k.into())], *v),
-                    Some(Kind::Sessions(d, m)) => sessions.insert(vec![w, ("direction", d.into()), ("mode", m.into())], *v),
+                    Some(Kind::Sessions(d, m)) => {
+                        sessions.insert(vec![w, ("direction", d.into()), ("mode", m.into())], *v)
+                    }
                     Some(Kind::Active(d, m)) => active.insert(vec![w, ("direction", d.into()), ("mode", m.into())], *v),
                     Some(Kind::Rekeys(d)) => rekeys.insert(vec![w, ("direction", d.into())], *v),
                     None => None,
@@ -127,12 +132,28 @@ impl Collector for NodeCollector {
             }
         }
         let rows = |m: BTreeMap<Labels, u64>| m.into_iter().collect::<Vec<_>>();
-        counters(&mut e, "meshd_ktls_errors", "Kernel TLS errors (/proc/net/tls_stat of each workload namespace)", &rows(err))?;
-        counters(&mut e, "meshd_ktls_sessions", "Kernel TLS contexts installed (tls_stat), by direction and mode", &rows(sessions))?;
+        counters(
+            &mut e,
+            "meshd_ktls_errors",
+            "Kernel TLS errors (/proc/net/tls_stat of each workload namespace)",
+            &rows(err),
+        )?;
+        counters(
+            &mut e,
+            "meshd_ktls_sessions",
+            "Kernel TLS contexts installed (tls_stat), by direction and mode",
+            &rows(sessions),
+        )?;
         let active: Vec<(Labels, i64)> = active.into_iter().map(|(l, v)| (l, v as i64)).collect();
         gauges(&mut e, "meshd_ktls_sessions_active", "Kernel TLS contexts now installed (tls_stat)", None, &active)?;
         counters(&mut e, "meshd_ktls_rekeys", "Kernel TLS 1.3 key updates applied (tls_stat)", &rows(rekeys))?;
-        gauges::<Labels>(&mut e, "meshd_workloads_enrolled", "Workloads enrolled on this node", None, &[(vec![], s.workloads as i64)])?;
+        gauges::<Labels>(
+            &mut e,
+            "meshd_workloads_enrolled",
+            "Workloads enrolled on this node",
+            None,
+            &[(vec![], s.workloads as i64)],
+        )?;
         gauges::<Labels>(
             &mut e,
             "meshd_ready",

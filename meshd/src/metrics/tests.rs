@@ -183,10 +183,37 @@ fn distinct_identity_pairs_beyond_the_cap_fold_into_other() {
 fn setup_failures_are_not_closed_flows() {
     let table = Arc::new(FlowTable::default());
     let m = Metrics::new(Arc::clone(&table), 10);
-    let g = table.open(Direction::Outbound, "enc", "spiffe://t/a", "10.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
+    let g = table.open(
+        Direction::Outbound,
+        "enc",
+        "spiffe://t/a",
+        "10.0.0.1:1".parse().unwrap(),
+        "127.0.0.1:2".parse().unwrap(),
+    );
     m.flow_closed(&g.flow, "refused");
     m.setup_failed(Direction::Inbound, "denied");
     let f = parse(&m.encode().unwrap());
     assert_eq!(series(&f, "meshd_flows_closed"), 0);
     assert_eq!(series(&f, "meshd_flow_setup_failures"), 2);
+}
+
+#[test]
+fn the_grafana_dashboard_uses_only_exported_names() {
+    let dashboard = include_str!("../../../deploy/grafana/meshd-dashboard.json");
+    let table = Arc::new(FlowTable::default());
+    let f = parse(&Metrics::new(table, 10).encode().unwrap());
+    let suffixes = ["", "_total", "_bucket", "_count", "_sum", "_info"];
+    let mut rest = dashboard;
+    let mut checked = 0;
+    while let Some(i) = rest.find("meshd_") {
+        let name: String =
+            rest[i..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_' || c.is_ascii_digit()).collect();
+        rest = &rest[i + name.len()..];
+        let known = f.iter().any(|(family, (ty, _))| {
+            suffixes.iter().any(|s| name == format!("{family}{s}") && (s.is_empty() || ty != "gauge"))
+        });
+        assert!(known, "the dashboard uses {name}, which meshd does not export");
+        checked += 1;
+    }
+    assert!(checked > 20, "{checked}");
 }

@@ -1,12 +1,7 @@
 //! Inbound: a TLS connection from another agent to a local workload, and the data phase both
 //! directions share.
 
-use std::{
-    net::SocketAddr,
-    os::fd::AsFd,
-    sync::Arc,
-    time::Instant,
-};
+use std::{net::SocketAddr, os::fd::AsFd, sync::Arc, time::Instant};
 
 use ktls::CorkStream;
 use tokio::{
