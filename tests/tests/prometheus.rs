@@ -129,7 +129,8 @@ fn prometheus_sees_an_ffmpeg_stream_with_its_identities_and_bitrate() {
     assert!(started.elapsed() < Duration::from_secs(24), "the queries ran while the stream was live");
 
     // Every query of the Grafana dashboard is valid PromQL over these metrics.
-    let dashboard: Value = serde_json::from_str(include_str!("../../deploy/grafana/meshd-dashboard.json")).expect("JSON");
+    let dashboard: Value =
+        serde_json::from_str(include_str!("../../deploy/grafana/meshd-dashboard.json")).expect("JSON");
     let mut exprs = Vec::new();
     collect_exprs(&dashboard, &mut exprs);
     assert!(exprs.len() > 20, "{exprs:?}");

@@ -26,8 +26,8 @@ impl Agent {
     /// Access log, metrics and the flow span's outcome at the end of a registered flow.
     pub fn flow_closed(&self, guard: &FlowGuard, reason: &CloseReason) {
         let f = &guard.flow;
-        self.metrics.flow_closed(f, reason.label());
         access::closed(f, reason);
+        self.metrics.flow_closed(f, reason.label());
         let span = tracing::Span::current();
         span.record("bytes_out", f.bytes_out.load(std::sync::atomic::Ordering::Relaxed));
         span.record("bytes_in", f.bytes_in.load(std::sync::atomic::Ordering::Relaxed));

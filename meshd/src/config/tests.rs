@@ -50,6 +50,9 @@ fn admin_http_and_otlp_are_configurable() {
     let back = parse_yaml(&serde_yaml::to_string(&off).unwrap()).unwrap();
     assert_eq!(back.admin.http, None, "a disabled listener survives a YAML round trip");
     assert!(parse_yaml(&format!("{GOOD}admin: {{ metrics: true }}\n")).is_err(), "unknown fields are refused");
+    let fast = parse_yaml(&format!("{GOOD}otlp: {{ endpoint: \"http://c:4318\", export_interval: 500ms }}\n")).unwrap();
+    let back = parse_yaml(&serde_yaml::to_string(&fast).unwrap()).unwrap();
+    assert_eq!(back.otlp.unwrap().export_interval, std::time::Duration::from_millis(500), "sub-second round trip");
 }
 
 #[test]
