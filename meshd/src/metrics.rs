@@ -132,9 +132,15 @@ pub fn handshake_reason(e: &std::io::Error) -> &'static str {
     use rustls::{AlertDescription, Error as Tls};
     match e.get_ref().and_then(|inner| inner.downcast_ref::<Tls>()) {
         Some(Tls::InvalidCertificate(_) | Tls::NoCertificatesPresented) => "bad_certificate",
-        Some(Tls::AlertReceived(AlertDescription::BadCertificate | AlertDescription::UnknownCA)) => {
-            "peer_rejected_certificate"
-        }
+        Some(Tls::AlertReceived(
+            AlertDescription::BadCertificate
+            | AlertDescription::UnknownCA
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::CertificateExpired
+            | AlertDescription::CertificateRevoked
+            | AlertDescription::UnsupportedCertificate
+            | AlertDescription::CertificateRequired,
+        )) => "peer_rejected_certificate",
         Some(Tls::AlertReceived(_)) => "alert",
         Some(Tls::PeerIncompatible(_) | Tls::NoApplicationProtocol) => "incompatible",
         Some(_) => "tls",

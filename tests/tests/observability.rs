@@ -180,3 +180,45 @@ fn status_json_keeps_its_shape_with_a_live_flow() {
     assert!(table.contains(&server.spiffe_id(&c.trust_domain)) && table.contains("Mbit/s"), "{table}");
     assert!(table.contains(&client.spiffe_id(&c.trust_domain)) && table.contains("ms"), "{table}");
 }
+
+/// The value of the first sample of `family` whose labels include all of `labels`.
+fn sample_value(text: &str, family: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let families = openmetrics(text);
+    let f = families.iter().find(|f| f["name"] == family)?;
+    let s = f["samples"].as_array()?.iter().find(|s| {
+        s["name"].as_str().is_some_and(|n| n.ends_with("_total") || n == family)
+            && labels.iter().all(|(k, v)| s["labels"][*k] == *v)
+    })?;
+    s["value"].as_f64()
+}
+
+#[test]
+fn handshake_failures_and_refused_setups_are_counted_by_reason() {
+    let mut c = Cluster::new("obs-handshake-failures");
+    let (a, b) = (c.add_node("a"), c.add_node("b"));
+    let (client, server) = (c.add_pod("a", "client"), c.add_pod("b", "server"));
+    let o = AgentOptions::default();
+    let agent_a = Agent::start(&a, Agent::config(&c, &a, &[&client], &o), &o);
+    // Node b's agent has another development CA: each side rejects the other's certificate.
+    let other_ca = c.run_dir().join("other-ca");
+    let mut init = Command::new(paths::bin("meshd"));
+    init.args(["ca", "init", "--trust-domain", "cluster.local", "--dir"]).arg(&other_ca);
+    procs::run_ok(init, "meshd ca init", T);
+    let mut config_b = Agent::config(&c, &b, &[&server], &o);
+    config_b.identity.dev_ca.as_mut().expect("dev ca").dir = other_ca;
+    let agent_b = Agent::start(&b, config_b, &o);
+    let _sink = procs::spawn_ready(testkit(&server, &["sink", "0.0.0.0:9000"]), "sink", "listening");
+    let out = procs::run(testkit(&client, &["connect", &format!("{}:9000", server.ip), "--send", "x"]), "client", T);
+    assert!(!out.status.success(), "the flow must be refused");
+    std::thread::sleep(Duration::from_millis(300));
+    let (ma, mb) = (agent_a.metrics(), agent_b.metrics());
+    let failed = |m: &str, dir: &str, reason: &str| {
+        sample_value(m, "meshd_handshake_failures", &[("direction", dir), ("reason", reason)])
+    };
+    assert_eq!(failed(&ma, "outbound", "bad_certificate"), Some(1.0), "{ma}");
+    assert_eq!(failed(&mb, "inbound", "peer_rejected_certificate"), Some(1.0), "{mb}");
+    let setup = |m: &str, dir: &str| sample_value(m, "meshd_flow_setup_failures", &[("direction", dir)]);
+    assert_eq!(setup(&ma, "outbound"), Some(1.0), "{ma}");
+    assert_eq!(setup(&mb, "inbound"), Some(1.0), "{mb}");
+    assert_eq!(sample_value(&ma, "meshd_flows_opened", &[]), None, "no flow was established: {ma}");
+}

@@ -217,3 +217,15 @@ fn the_grafana_dashboard_uses_only_exported_names() {
     }
     assert!(checked > 20, "{checked}");
 }
+
+#[test]
+fn handshake_errors_map_to_bounded_reasons() {
+    use rustls::{AlertDescription, CertificateError, Error as Tls};
+    let io = |e: Tls| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+    assert_eq!(handshake_reason(&io(Tls::InvalidCertificate(CertificateError::UnknownIssuer))), "bad_certificate");
+    let unknown = Tls::AlertReceived(AlertDescription::CertificateUnknown);
+    assert_eq!(handshake_reason(&io(unknown)), "peer_rejected_certificate");
+    assert_eq!(handshake_reason(&io(Tls::AlertReceived(AlertDescription::InternalError))), "alert");
+    assert_eq!(handshake_reason(&std::io::Error::from(std::io::ErrorKind::UnexpectedEof)), "eof");
+    assert_eq!(handshake_reason(&std::io::Error::from(std::io::ErrorKind::ConnectionReset)), "io");
+}
