@@ -3,6 +3,7 @@
 //! Only root can connect (the socket is created mode 0600 in a 0700 folder).
 
 pub mod client;
+pub mod http;
 pub mod protocol;
 pub mod server;
 
@@ -22,6 +23,10 @@ pub enum Error {
     Ambiguous { found: String },
     #[error("bind admin socket {path}: {source}")]
     Bind { path: PathBuf, source: std::io::Error },
+    #[error(
+        "bind the admin HTTP listener {addr}: {source} (set admin.http to another address, or null to disable it)"
+    )]
+    HttpBind { addr: std::net::SocketAddr, source: std::io::Error },
     #[error("the agent refused: {0}")]
     Refused(String),
 }

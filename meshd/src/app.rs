@@ -5,8 +5,10 @@
 //! after its capture and inbound listeners exist, and links from a crashed earlier run are
 //! released only after this run has attached its own.
 
+mod access;
 mod admin;
 mod enroll;
+mod observe;
 mod policy;
 mod status;
 
@@ -24,9 +26,10 @@ use tracing::{info, warn};
 use crate::{
     config::{Config, DataPathMode},
     ebpf::{Datapath, DatapathOptions, Prefix},
-    flows::{Direction, FlowGuard, FlowTable},
+    flows::FlowTable,
     identity::{IdentitySource, TrustDomain},
-    proxy::{ktls::KtlsSupport, splice::DEFAULT_RECORD_LIMIT, CloseReason},
+    metrics::{labels::DEFAULT_MAX_PAIRS, Metrics},
+    proxy::{ktls::KtlsSupport, splice::DEFAULT_RECORD_LIMIT},
     workload::{Registry, Workload},
 };
 
@@ -65,7 +68,11 @@ pub struct Agent {
     pub cgroup_root: PathBuf,
     pub flows: Arc<FlowTable>,
     pub ktls: KtlsSupport,
+    pub metrics: Arc<Metrics>,
     identity: Arc<dyn IdentitySource>,
+    /// The identity source's change counter, and its value at start-up (rotations metric).
+    identity_changes: tokio::sync::watch::Receiver<u64>,
+    identity_changes_base: u64,
     datapath: Mutex<Option<Datapath>>,
     workloads: RwLock<Registry>,
     ready: AtomicBool,
@@ -111,13 +118,21 @@ impl Agent {
         datapath.maps().set_prefixes(&prefixes(&config.mesh.destinations), &prefixes(&config.mesh.exclude))?;
         datapath.attach_getsockopt(&agent_cgroup)?;
         let identity = enroll::identity_source(&config, &trust_domain)?;
+        let flows = Arc::new(FlowTable::default());
+        let max_pairs = config.admin.max_identity_pairs.unwrap_or(DEFAULT_MAX_PAIRS);
+        let metrics = Arc::new(Metrics::new(Arc::clone(&flows), max_pairs));
+        let identity_changes = identity.changes();
+        let identity_changes_base = *identity_changes.borrow();
         let agent = Arc::new(Self {
             config,
             trust_domain,
             cgroup_root,
-            flows: Arc::new(FlowTable::default()),
+            flows,
             ktls,
+            metrics,
             identity,
+            identity_changes,
+            identity_changes_base,
             datapath: Mutex::new(Some(datapath)),
             workloads: RwLock::new(Registry::default()),
             ready: AtomicBool::new(false),
@@ -145,10 +160,13 @@ impl Agent {
         Ok(agent)
     }
 
-    /// Runs the admin socket and waits for SIGTERM or SIGINT, then shuts down.
+    /// Runs the admin socket, the admin HTTP listener and the flow sampler, and waits for
+    /// SIGTERM or SIGINT, then shuts down.
     pub async fn serve(self: Arc<Self>) -> Result<(), Error> {
         let path = self.config.admin_socket();
         let listener = crate::admin::server::bind(&path)?;
+        let http = observe::start_http(&self).await?;
+        let sampler = tokio::spawn(observe::sampler(Arc::downgrade(&self)));
         let admin = tokio::spawn(crate::admin::server::serve(listener, path.clone(), Arc::clone(&self)));
         info!(node = %self.config.node, admin = %path.display(), workloads = self.workloads().len(), "agent ready");
         let mut term =
@@ -164,6 +182,10 @@ impl Agent {
             }
         }
         admin.abort();
+        sampler.abort();
+        if let Some(h) = http {
+            h.abort();
+        }
         let _ = std::fs::remove_file(&path);
         self.ready.store(false, Ordering::SeqCst);
         for w in self.workloads() {
@@ -258,7 +280,9 @@ impl Agent {
         workload: &Workload,
         port: u16,
     ) -> Result<(), String> {
+        let side = crate::metrics::PolicySide::Destination;
         if !peer.is_member_of(&self.trust_domain) {
+            self.metrics.policy_denied(side, "foreign_trust_domain", peer.as_str(), workload.spiffe_id.as_str());
             return Err(format!("{peer} may not reach {} port {port}: foreign trust domain", workload.spiffe_id));
         }
         let target = crate::policy::Target { spiffe_id: &workload.spiffe_id, labels: &workload.labels };
@@ -267,34 +291,9 @@ impl Agent {
             crate::policy::Decision::Deny(reason) => {
                 warn!(target: "meshd::access", event = "denied", side = "destination", peer = %peer,
                       workload = %workload.name, port, reason = %reason, "flow denied by policy");
+                self.metrics.policy_denied(side, "policy", peer.as_str(), workload.spiffe_id.as_str());
                 Err(reason)
             }
         }
-    }
-
-    /// Access log at the end of a flow.
-    pub fn flow_closed(&self, guard: &FlowGuard, reason: &CloseReason) {
-        let f = &guard.flow;
-        info!(
-            target: "meshd::access",
-            event = "close",
-            direction = ?f.direction,
-            workload = %f.workload,
-            local_identity = %f.local_identity,
-            peer_identity = %f.peer_identity.get().map_or("", String::as_str),
-            destination = %f.destination,
-            peer = %f.peer,
-            data_path = f.data_path.get().map_or("none", |p| p.label()),
-            bytes_out = f.bytes_out.load(Ordering::Relaxed),
-            bytes_in = f.bytes_in.load(Ordering::Relaxed),
-            duration_ms = f.started.elapsed().as_millis() as u64,
-            reason = %f.revoked.get().map_or_else(|| reason.to_string(), |r| format!("revoked: {r}")),
-            "flow closed"
-        );
-    }
-
-    /// A flow that failed before it was registered (handshake, header, authorization).
-    pub fn setup_failed(&self, direction: Direction, reason: &CloseReason) {
-        let _ = (direction, reason);
     }
 }

@@ -6,6 +6,8 @@
 //! trust_domain: cluster.local
 //! ports: { capture: 15001, inbound: 15008 }
 //! identity: { dev_ca: { dir: /var/lib/meshd/ca, svid_ttl: 1h } }   # or { files: { dir: … } }
+//! admin: { http: "127.0.0.1:15020" }  # /metrics, /healthz, /readyz (the default; null: off)
+//! otlp: { endpoint: "http://otel-collector:4318" }                  # trace export; off if absent
 //! mesh:
 //!   destinations: [ { cidr: 10.100.0.0/16, ports: "1-65535" } ]
 //!   exclude: [ { cidr: 10.100.0.1/32 } ]

@@ -69,6 +69,8 @@ pub struct Flow {
     sockets: Mutex<Vec<OwnedFd>>,
     /// Why the agent cut the flow, if it did.
     pub revoked: OnceLock<String>,
+    /// Sampling state for metrics and `meshd status`: rates, TCP health, exported bytes.
+    pub stats: crate::metrics::FlowStats,
 }
 
 impl Flow {
@@ -139,6 +141,7 @@ impl FlowTable {
             started_at: SystemTime::now(),
             sockets: Mutex::new(Vec::new()),
             revoked: OnceLock::new(),
+            stats: Default::default(),
         });
         self.lock().insert(id, Arc::clone(&flow));
         FlowGuard { flow, table: Arc::clone(self) }

@@ -9,7 +9,10 @@
 //!   kernel TLS data paths.
 //! - [`identity`]: SPIFFE IDs, SVIDs, the development CA, identity sources.
 //! - [`tls`]: rustls configurations and SPIFFE verifiers.
-//! - [`config`], [`cli`], [`admin`], [`status`]: how operators drive it.
+//! - [`config`], [`cli`], [`admin`], [`status`]: how operators drive it; [`admin::http`]
+//!   serves `/metrics`, `/healthz`, `/readyz`.
+//! - [`metrics`]: Prometheus families (each part registers its own); [`telemetry`]: logging
+//!   set-up and the optional OTLP trace export.
 
 pub mod admin;
 pub mod app;
@@ -19,9 +22,11 @@ pub mod config;
 pub mod ebpf;
 pub mod flows;
 pub mod identity;
+pub mod metrics;
 pub mod netns;
 pub mod policy;
 pub mod proxy;
 pub mod status;
+pub mod telemetry;
 pub mod tls;
 pub mod workload;

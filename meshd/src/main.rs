@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::Parser;
 use meshd::{
     admin::{client, Request},
-    cli::{CaCommand, Cli, Command, LogFormat, PolicyCommand},
+    cli::{CaCommand, Cli, Command, PolicyCommand},
     config::{Config, WorkloadConfig},
 };
 
@@ -15,7 +15,10 @@ const EXIT_USAGE: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // `run` installs logging itself once its configuration (OTLP export) is known.
+    if !matches!(cli.command, Command::Run(_)) {
+        let _ = meshd::telemetry::init(cli.log_format, None);
+    }
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -29,27 +32,21 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // Colours only on a terminal: log files and collectors get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).init(),
-    }
-}
-
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Run(args) => {
             let config = Config::load(&args.config)?;
             let runtime = tokio::runtime::Runtime::new().context("start the async runtime")?;
-            runtime.block_on(async {
+            let telemetry = runtime.block_on(async {
+                meshd::telemetry::init(cli.log_format, config.otlp.as_ref().map(|o| (o, config.node.as_str())))
+            })?;
+            let result = runtime.block_on(async {
                 let agent = meshd::app::Agent::start(config, args.ebpf_object).await?;
                 agent.serve().await
-            })?;
+            });
+            // The runtime still runs: the exporter's last batch goes out through it.
+            telemetry.shutdown();
+            result?;
             Ok(ExitCode::SUCCESS)
         }
         Command::CheckConfig { config } => {

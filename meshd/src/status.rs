@@ -36,22 +36,47 @@ pub fn render(s: &Value) -> String {
             w["svid_not_after"].as_str().unwrap_or("-")
         );
     }
-    let _ = writeln!(out, "\nFLOW  DIR       WORKLOAD        DESTINATION            PEER IDENTITY                              PATH       OUT           IN");
+    let _ = writeln!(
+        out,
+        "\nFLOW  DIR       WORKLOAD        DESTINATION            PEER IDENTITY                              PATH       \
+         OUT NOW       IN NOW        RTT      RETRANS  TOTAL OUT"
+    );
     for f in s["flows"].as_array().into_iter().flatten() {
+        let mesh = &f["tcp"]["mesh"];
         let _ = writeln!(
             out,
-            "{:<5} {:<9} {:<15} {:<22} {:<42} {:<10} {:>13} {:>12}",
+            "{:<5} {:<9} {:<15} {:<22} {:<42} {:<10} {:>13} {:>13} {:>8} {:>8} {:>10}",
             str_of(&f["id"]),
             str_of(&f["direction"]),
             str_of(&f["workload"]),
             str_of(&f["destination"]),
             f["peer_identity"].as_str().unwrap_or("-"),
             f["data_path"].as_str().unwrap_or("-"),
-            rate(&f["rate_out_bps"]),
-            rate(&f["rate_in_bps"]),
+            rate(now_or_average(f, "out")),
+            rate(now_or_average(f, "in")),
+            mesh["rtt_us"].as_f64().map_or("-".into(), |us| format!("{:.1}ms", us / 1e3)),
+            mesh["total_retrans"].as_u64().map_or("-".into(), |n| n.to_string()),
+            bytes(f["bytes_out"].as_f64().unwrap_or(0.0)),
         );
     }
     out
+}
+
+/// The last second's rate, or the average since the flow started before the first sample.
+fn now_or_average<'a>(f: &'a Value, way: &str) -> &'a Value {
+    match &f[format!("current_{way}_bps")] {
+        Value::Null => &f[format!("rate_{way}_bps")],
+        v => v,
+    }
+}
+
+fn bytes(n: f64) -> String {
+    match n {
+        n if n >= 1e9 => format!("{:.1} GB", n / 1e9),
+        n if n >= 1e6 => format!("{:.1} MB", n / 1e6),
+        n if n >= 1e3 => format!("{:.1} kB", n / 1e3),
+        n => format!("{n:.0} B"),
+    }
 }
 
 fn rate(v: &Value) -> String {
@@ -79,10 +104,12 @@ mod tests {
             "workloads": [{"name": "enc", "spiffe_id": "spiffe://t/ns/m/sa/enc", "svid_not_after": "2026-12-03"}],
             "flows": [{"id": 1, "direction": "outbound", "workload": "enc", "destination": "10.0.0.1:9000",
                        "peer_identity": "spiffe://t/ns/m/sa/dec", "data_path": "userspace",
-                       "rate_out_bps": 8_000_000, "rate_in_bps": 0}]
+                       "rate_out_bps": 8_000_000, "rate_in_bps": 0, "current_out_bps": 4_000_000,
+                       "bytes_out": 2_500_000, "tcp": {"mesh": {"rtt_us": 1500, "total_retrans": 3}}}]
         });
         let text = render(&s);
         assert!(text.contains("ready") && text.contains("spiffe://t/ns/m/sa/enc"), "{text}");
-        assert!(text.contains("8.0 Mbit/s") && text.contains("10.0.0.1:9000"), "{text}");
+        assert!(text.contains("4.0 Mbit/s") && text.contains("10.0.0.1:9000"), "current rate: {text}");
+        assert!(text.contains("0 bit/s") && text.contains("1.5ms") && text.contains("2.5 MB"), "{text}");
     }
 }

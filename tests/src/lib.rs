@@ -10,12 +10,16 @@
 //! - [`paths`]: where the built binaries are.
 //! - [`media`]: FFmpeg senders and receivers in pods, frame-exact comparison (framemd5),
 //!   searching captures for plaintext media; the media tests and `bin/demo.rs` use it.
+//! - [`http`]: a GET inside a namespace (admin listener, Prometheus API); [`otlp`]: an
+//!   in-process OTLP/HTTP trace receiver.
 //! - `bin/testkit.rs`: a small TCP client/server used inside pods (identify-yourself servers,
 //!   checksummed sources and sinks).
 
 pub mod capture;
 pub mod cluster;
+pub mod http;
 pub mod media;
+pub mod otlp;
 pub mod paths;
 pub mod pattern;
 pub mod policy_mesh;

@@ -102,6 +102,22 @@ fn the_policy_matrix_is_enforced_at_connect_and_by_the_destination() {
     assert_eq!(accepted, [2, 0, 0, 0, 1], "accepted connections per server");
     let events = &m.a.status()["ebpf"]["counters"]["events"];
     assert!(events.to_string().contains("policy_denied"), "{events}");
+    // Denials are exported by side and identities.
+    let metrics_a = m.a.metrics();
+    let rogue_to_packager = metrics_a.lines().find(|l| {
+        l.starts_with("meshd_policy_denials_total{")
+            && l.contains("side=\"source\"")
+            && l.contains("src=\"spiffe://cluster.local/ns/other/sa/rogue\"")
+            && l.contains("dst=\"spiffe://cluster.local/ns/media/sa/packager\"")
+    });
+    assert!(rogue_to_packager.is_some_and(|l| l.ends_with(" 1")), "agent a metrics:\n{metrics_a}");
+    let metrics_b = m.b.metrics();
+    assert!(
+        metrics_b.lines().any(|l| l.starts_with("meshd_policy_denials_total{")
+            && l.contains("side=\"destination\"")
+            && l.contains("src=\"spiffe://cluster.local/ns/other/sa/rogue\"")),
+        "agent b metrics:\n{metrics_b}"
+    );
 }
 
 #[test]

@@ -139,6 +139,13 @@ fn kernel_tls_carries_a_checksummed_256_mb_stream_and_only_tls_crosses_the_link(
     }
     assert_eq!(flow_paths(&agent_a), ["ktls"], "agent a: {}", agent_a.log_tail(20));
     assert_eq!(flow_paths(&agent_b), ["ktls"], "agent b: {}", agent_b.log_tail(20));
+    // /metrics reads tls_stat in the workload's namespace and labels the flow's data path.
+    let m = agent_a.metrics();
+    let tx = m.lines().find(|l| {
+        l.starts_with("meshd_ktls_sessions_total{") && l.contains("direction=\"tx\"") && l.contains("mode=\"sw\"")
+    });
+    assert!(tx.and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok()).is_some_and(|v| v >= 1.0), "{m}");
+    assert!(m.lines().any(|l| l.starts_with("meshd_flows_closed_total{") && l.contains("data_path=\"ktls\"")), "{m}");
     let wire = cap.stop();
     let tls = capture::tls::check(&cap.file, 15008);
     assert!(tls.violations.is_empty(), "non-TLS payload on the mesh port: {:?}", tls.violations);

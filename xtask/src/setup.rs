@@ -13,7 +13,8 @@ use crate::vm::{self, run_cmd};
 
 /// Debian packages the privileged tests, the demo and the benchmarks use (the VM tier adds
 /// `vm::VM_PACKAGES`).
-const PACKAGES: &[&str] = &["iproute2", "ffmpeg", "tcpdump", "tshark", "python3", "procps", "prometheus"];
+const PACKAGES: &[&str] =
+    &["iproute2", "ffmpeg", "tcpdump", "tshark", "python3", "procps", "prometheus", "python3-prometheus-client"];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn setup() -> Result<()> {

@@ -35,7 +35,7 @@ impl Handler for Agent {
 }
 
 impl Agent {
-    fn self_arc(&self) -> Option<Arc<Agent>> {
+    pub(super) fn self_arc(&self) -> Option<Arc<Agent>> {
         self.this.get().and_then(std::sync::Weak::upgrade)
     }
 }

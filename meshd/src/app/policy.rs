@@ -38,6 +38,8 @@ pub struct PolicyState {
     /// connection proceeds and the destination agent decides).
     loaded: AtomicBool,
     numbers: Mutex<HashMap<IdentityKey, u32>>,
+    /// Connect-time denials already exported, per (source, destination) number.
+    exported: Mutex<HashMap<(u32, u32), u64>>,
 }
 
 impl PolicyState {
@@ -48,7 +50,34 @@ impl PolicyState {
     }
 }
 
+impl PolicyState {
+    /// The SPIFFE ID behind a number.
+    fn identity_of(&self, n: u32) -> Option<SpiffeId> {
+        let numbers = self.numbers.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        numbers.iter().find(|(_, v)| **v == n).map(|((id, _), _)| id.clone())
+    }
+}
+
 impl Agent {
+    /// Exports the kernel's connect-time denial counters as `meshd_policy_denials_total`
+    /// (side `source`), by identity pair.
+    pub fn export_source_denials(&self) {
+        let totals = match self.lock_datapath().as_mut() {
+            Some(dp) => dp.maps().policy().denials(),
+            None => return,
+        };
+        let mut exported = self.policy.exported.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for ((src, dst), total) in totals {
+            let seen = exported.entry((src, dst)).or_insert(0);
+            if total > *seen {
+                let name = |n| self.policy.identity_of(n).map_or_else(|| format!("identity-{n}"), |id| id.to_string());
+                let side = crate::metrics::PolicySide::Source;
+                self.metrics.policy_denied_n(side, "policy", &name(src), &name(dst), total - *seen);
+                *seen = total;
+            }
+        }
+    }
+
     pub fn current_policy(&self) -> Arc<Policy> {
         Arc::clone(&self.policy.current.read().unwrap_or_else(std::sync::PoisonError::into_inner))
     }

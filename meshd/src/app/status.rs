@@ -21,7 +21,9 @@ impl Agent {
             .workloads()
             .iter()
             .map(|w| {
-                let expiry = self.identity.svid(&w.spiffe_id).ok().map(|s| s.not_after.to_string());
+                let svid = self.identity.svid(&w.spiffe_id).ok();
+                let expiry = svid.as_ref().map(|s| s.not_after.to_string());
+                let now = time::OffsetDateTime::now_utc();
                 json!({
                     "name": w.name,
                     "spiffe_id": w.spiffe_id.as_str(),
@@ -31,6 +33,9 @@ impl Agent {
                     "ipv6": w.ipv6,
                     "labels": w.labels,
                     "svid_not_after": expiry,
+                    "svid_not_after_unix": svid.as_ref().map(|s| s.not_after.unix_timestamp()),
+                    "svid_expires_in_seconds": svid.as_ref().map(|s| (s.not_after - now).whole_seconds()),
+                    "svid_serial": svid.as_ref().map(|s| s.serial.clone()),
                 })
             })
             .collect();
@@ -41,6 +46,13 @@ impl Agent {
             .map(|f| {
                 let secs = f.started.elapsed().as_secs_f64().max(1e-3);
                 let (out, inb) = (f.bytes_out.load(Ordering::Relaxed), f.bytes_in.load(Ordering::Relaxed));
+                let (now_out, now_in) = f.stats.rates();
+                let tcp: serde_json::Map<String, Value> = f
+                    .stats
+                    .tcp()
+                    .into_iter()
+                    .map(|(side, h)| (side.label().to_string(), serde_json::to_value(h).unwrap_or_default()))
+                    .collect();
                 json!({
                     "id": f.id,
                     "direction": f.direction,
@@ -56,6 +68,11 @@ impl Agent {
                     "rate_out_bps": (out as f64 * 8.0 / secs) as u64,
                     "rate_in_bps": (inb as f64 * 8.0 / secs) as u64,
                     "started_unix": f.started_at.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0),
+                    "current_out_bps": now_out,
+                    "current_in_bps": now_in,
+                    "handshake_ms": f.stats.handshake.get().map(|d| d.as_secs_f64() * 1e3),
+                    "established": f.data_path.get().is_some(),
+                    "tcp": tcp,
                 })
             })
             .collect();
@@ -76,6 +93,11 @@ impl Agent {
             "workloads": workloads,
             "flows": flows,
             "ebpf": { "counters": counters, "flow_entries": flow_entries },
+            "observability": {
+                "admin_http": self.config.admin.http.map(|a| a.to_string()),
+                "otlp_endpoint": self.config.otlp.as_ref().map(|o| o.endpoint.clone()),
+                "sample_interval_seconds": super::observe::SAMPLE_EVERY.as_secs_f64(),
+            },
         })
     }
 }

@@ -33,6 +33,26 @@ fn a_good_yaml_config_parses_with_defaults() {
     assert_eq!((d.len, d.ports), (32, (80, 90)));
     assert_eq!(c.mesh.exclude[0].parse().unwrap().len, 32);
     assert_eq!(c.admin_socket(), Path::new("/run/meshd/node-a/admin.sock"));
+    assert_eq!(c.admin.http, Some("127.0.0.1:15020".parse().unwrap()), "node-local admin HTTP by default");
+    assert_eq!(c.otlp, None, "trace export is off by default");
+}
+
+#[test]
+fn admin_http_and_otlp_are_configurable() {
+    let text = format!("{GOOD}admin: {{ http: \"0.0.0.0:9102\", max_identity_pairs: 50 }}\notlp: {{ endpoint: \"http://127.0.0.1:4318\" }}\n");
+    let c = parse_yaml(&text).unwrap();
+    assert_eq!(c.admin.http, Some("0.0.0.0:9102".parse().unwrap()));
+    assert_eq!(c.admin.max_identity_pairs, Some(50));
+    let otlp = c.otlp.as_ref().unwrap();
+    assert_eq!((otlp.endpoint.as_str(), otlp.export_interval.as_secs()), ("http://127.0.0.1:4318", 2));
+    let off = parse_yaml(&format!("{GOOD}admin: {{ http: null }}\n")).unwrap();
+    assert_eq!(off.admin.http, None, "null disables the listener");
+    let back = parse_yaml(&serde_yaml::to_string(&off).unwrap()).unwrap();
+    assert_eq!(back.admin.http, None, "a disabled listener survives a YAML round trip");
+    assert!(parse_yaml(&format!("{GOOD}admin: {{ metrics: true }}\n")).is_err(), "unknown fields are refused");
+    let fast = parse_yaml(&format!("{GOOD}otlp: {{ endpoint: \"http://c:4318\", export_interval: 500ms }}\n")).unwrap();
+    let back = parse_yaml(&serde_yaml::to_string(&fast).unwrap()).unwrap();
+    assert_eq!(back.otlp.unwrap().export_interval, std::time::Duration::from_millis(500), "sub-second round trip");
 }
 
 #[test]
@@ -54,6 +74,7 @@ fn bad_configs_name_the_field() {
         ("spiffe://cluster.local/ns", "spiffe://other.org/ns", "workloads[0].spiffe_id"),
         ("netns: /var/run/netns/enc", "netns: enc", "workloads[0].netns"),
         ("idle_timeout: 5m", "idle_timeout: 0s", "idle_timeout"),
+        ("idle_timeout: 5m", "idle_timeout: 5m\notlp: { endpoint: \"grpc://x\" }", "otlp.endpoint"),
         ("identity: { dev_ca: { dir: /tmp/ca, svid_ttl: 30m } }", "identity: {}", "identity"),
     ];
     for (from, to, field) in cases {

@@ -56,6 +56,9 @@ pub struct Config {
     /// Authorization policy file, applied at start-up and on SIGHUP.
     #[serde(default)]
     pub policy: Option<PathBuf>,
+    /// OpenTelemetry trace export (one span tree per flow); off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp: Option<Otlp>,
 }
 
 fn default_bpffs() -> PathBuf {
@@ -86,16 +89,50 @@ impl Default for Ports {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Admin {
     /// Unix socket for `meshd status/enroll/unenroll/policy`; `/run/meshd/<node>/admin.sock`
     /// when absent.
     #[serde(default)]
     pub socket: Option<PathBuf>,
-    /// HTTP listener for /metrics, /healthz, /readyz, in the agent's own network namespace.
-    #[serde(default)]
+    /// HTTP listener for /metrics, /healthz, /readyz, in the agent's own network namespace:
+    /// node-local `127.0.0.1:15020` when absent; `null` disables it.
+    #[serde(default = "default_admin_http")]
     pub http: Option<SocketAddr>,
+    /// Distinct (source, destination) identity pairs that get their own metric series; later
+    /// pairs are counted under `other`. Default 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_identity_pairs: Option<usize>,
+}
+
+/// Where the admin HTTP listener binds by default.
+pub const DEFAULT_ADMIN_HTTP: SocketAddr =
+    SocketAddr::V4(std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 15020));
+
+fn default_admin_http() -> Option<SocketAddr> {
+    Some(DEFAULT_ADMIN_HTTP)
+}
+
+impl Default for Admin {
+    fn default() -> Self {
+        Self { socket: None, http: default_admin_http(), max_identity_pairs: None }
+    }
+}
+
+/// OTLP/HTTP (protobuf) trace export.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Otlp {
+    /// Collector base URL, e.g. `http://otel-collector:4318` (spans go to `/v1/traces`).
+    pub endpoint: String,
+    /// How long finished spans wait to be sent in a batch. Default 2s.
+    #[serde(default = "default_otlp_interval", with = "duration")]
+    pub export_interval: Duration,
+}
+
+fn default_otlp_interval() -> Duration {
+    Duration::from_secs(2)
 }
 
 /// Where SVIDs come from: exactly one of the sources.
@@ -201,7 +238,11 @@ pub(crate) mod duration {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&format!("{}s", d.as_secs()))
+        if d.subsec_millis() == 0 {
+            s.serialize_str(&format!("{}s", d.as_secs()))
+        } else {
+            s.serialize_str(&format!("{}ms", d.as_millis()))
+        }
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {

@@ -49,6 +49,20 @@ impl Config {
             }
             check_spiffe_id(&w.spiffe_id, &self.trust_domain).map_err(|m| invalid(field("spiffe_id"), m))?;
         }
+        if let Some(o) = &self.otlp {
+            if !o.endpoint.starts_with("http://") || o.endpoint.len() <= "http://".len() {
+                return Err(invalid(
+                    "otlp.endpoint",
+                    "must be an http:// URL of an OTLP/HTTP collector, e.g. http://otel-collector:4318",
+                ));
+            }
+            if o.export_interval.is_zero() {
+                return Err(invalid("otlp.export_interval", "must be positive"));
+            }
+        }
+        if self.admin.max_identity_pairs == Some(0) {
+            return Err(invalid("admin.max_identity_pairs", "must be at least 1"));
+        }
         if self.idle_timeout.is_some_and(|d| d.is_zero()) {
             return Err(invalid("idle_timeout", "must be positive; leave it out for no idle timeout"));
         }

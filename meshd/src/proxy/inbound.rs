@@ -1,7 +1,7 @@
 //! Inbound: a TLS connection from another agent to a local workload, and the data phase both
 //! directions share.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, os::fd::AsFd, sync::Arc, time::Instant};
 
 use ktls::CorkStream;
 use tokio::{
@@ -10,7 +10,7 @@ use tokio::{
     time::timeout,
 };
 use tokio_rustls::{TlsAcceptor, TlsStream};
-use tracing::{field, info, info_span, warn, Instrument};
+use tracing::{debug, debug_span, field, info_span, warn, Instrument};
 
 use super::{
     header::{self, Request, Response, Status},
@@ -23,6 +23,7 @@ use crate::{
     app::Agent,
     flows::{DataPath, Direction, FlowGuard},
     identity::SpiffeId,
+    metrics::tcp::SocketSide,
     workload::Workload,
 };
 
@@ -33,8 +34,11 @@ pub async fn handle(agent: Arc<Agent>, workload: Arc<Workload>, tcp: TcpStream) 
     let (Ok(peer), Ok(local)) = (tcp.peer_addr(), tcp.local_addr()) else {
         return;
     };
-    let span = info_span!("inbound", workload = %workload.name, %peer, peer_id = field::Empty);
+    let span = info_span!("flow", id = field::Empty, dir = "inbound", src = %peer, dst = field::Empty,
+        src_id = field::Empty, dst_id = %workload.spiffe_id, workload = %workload.name, data_path = field::Empty,
+        bytes_out = field::Empty, bytes_in = field::Empty, reason = field::Empty, otel.status_code = field::Empty);
     async move {
+        let started = Instant::now();
         let (mut tls, peer_id, dst, secrets) = match accept(&agent, &workload, tcp, local).await {
             Ok(ok) => ok,
             Err(reason) => {
@@ -45,24 +49,26 @@ pub async fn handle(agent: Arc<Agent>, workload: Arc<Workload>, tcp: TcpStream) 
         };
         let guard = agent.flows.open(Direction::Inbound, &workload.name, workload.spiffe_id.as_str(), dst, peer);
         let _ = guard.flow.peer_identity.set(peer_id.to_string());
-        let span = info_span!("flow", id = guard.flow.id, dir = "inbound", src = %peer, dst = %dst,
-            src_id = %peer_id, local_id = %workload.spiffe_id, data_path = field::Empty);
-        async {
-            info!("flow opened");
-            let reason = match connect_local(&workload, dst).await {
+        let _ = guard.flow.stats.handshake.set(started.elapsed());
+        tracing::Span::current().record("id", guard.flow.id);
+        debug!("flow accepted");
+        let connect = async {
+            match connect_local(&workload, dst).await {
                 Ok(backend) => match respond(&mut tls, Response::new(Status::Ok, "")).await {
-                    Ok(()) => data_phase(&agent, backend, TlsStream::Server(tls), &guard, secrets).await,
-                    Err(e) => CloseReason::Setup(format!("send the mesh response: {e}")),
+                    Ok(()) => Ok(backend),
+                    Err(e) => Err(CloseReason::Setup(format!("send the mesh response: {e}"))),
                 },
                 Err(response) => {
                     let _ = respond(&mut tls, response.clone()).await;
-                    CloseReason::Refused { status: response.status, reason: response.reason }
+                    Err(CloseReason::Refused { status: response.status, reason: response.reason })
                 }
-            };
-            agent.flow_closed(&guard, &reason);
-        }
-        .instrument(span)
-        .await;
+            }
+        };
+        let reason = match connect.instrument(debug_span!("connect", destination = %dst)).await {
+            Ok(backend) => data_phase(&agent, backend, TlsStream::Server(tls), &guard, secrets).await,
+            Err(reason) => reason,
+        };
+        agent.flow_closed(&guard, &reason);
     }
     .instrument(span)
     .await;
@@ -75,7 +81,23 @@ async fn accept(
     tcp: TcpStream,
     local: SocketAddr,
 ) -> Result<(ServerTls, SpiffeId, SocketAddr, Option<Arc<SecretLog>>), CloseReason> {
+    let flow_span = tracing::Span::current();
+    let hs = debug_span!("handshake", handshake_error = field::Empty);
+    let (mut tls, peer_id, secrets) = handshake(agent, workload, tcp).instrument(hs).await?;
+    flow_span.record("src_id", field::display(&peer_id));
+    let auth = debug_span!("authorization", destination = field::Empty);
+    let dst = authorize(agent, workload, &mut tls, &peer_id, local).instrument(auth).await?;
+    flow_span.record("dst", field::display(dst));
+    Ok((tls, peer_id, dst, secrets))
+}
+
+async fn handshake(
+    agent: &Agent,
+    workload: &Workload,
+    tcp: TcpStream,
+) -> Result<(ServerTls, SpiffeId, Option<Arc<SecretLog>>), CloseReason> {
     let setup = |what: &str, e: &dyn std::fmt::Display| CloseReason::Setup(format!("{what}: {e}"));
+    let started = Instant::now();
     let secrets = agent.wants_secrets().then(|| Arc::new(SecretLog::default()));
     let config = match &secrets {
         Some(log) => {
@@ -86,12 +108,34 @@ async fn accept(
         None => Arc::clone(&workload.server),
     };
     let acceptor = TlsAcceptor::from(config);
-    let mut tls = timeout(SETUP_TIMEOUT, acceptor.accept(CorkStream::new(tcp)))
-        .await
-        .map_err(|_| setup("TLS handshake", &"timed out"))?
-        .map_err(|e| setup("TLS handshake", &e))?;
-    let peer_id = crate::tls::peer_identity(tls.get_ref().1).map_err(|e| setup("peer identity", &e))?;
-    tracing::Span::current().record("peer_id", field::display(&peer_id));
+    let tls = match timeout(SETUP_TIMEOUT, acceptor.accept(CorkStream::new(tcp))).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            agent.handshake_failed(Direction::Inbound, Some(&e));
+            return Err(setup("TLS handshake", &e));
+        }
+        Err(_) => {
+            agent.handshake_failed(Direction::Inbound, None);
+            return Err(setup("TLS handshake", &"timed out"));
+        }
+    };
+    let peer_id = crate::tls::peer_identity(tls.get_ref().1).map_err(|e| {
+        agent.metrics.handshake_failed(Direction::Inbound, "peer_identity");
+        setup("peer identity", &e)
+    })?;
+    agent.handshake_done(Direction::Inbound, started.elapsed(), None);
+    Ok((tls, peer_id, secrets))
+}
+
+/// Reads the mesh request and decides whether `peer_id` may reach its destination.
+async fn authorize(
+    agent: &Agent,
+    workload: &Workload,
+    tls: &mut ServerTls,
+    peer_id: &SpiffeId,
+    local: SocketAddr,
+) -> Result<SocketAddr, CloseReason> {
+    let setup = |what: &str, e: &dyn std::fmt::Display| CloseReason::Setup(format!("{what}: {e}"));
     let mut head = [0u8; header::REQUEST_LEN];
     timeout(SETUP_TIMEOUT, tls.read_exact(&mut head))
         .await
@@ -101,22 +145,23 @@ async fn accept(
         Ok(r) => r.destination,
         Err(e) => {
             let reason = e.to_string();
-            let _ = respond(&mut tls, Response::new(Status::BadRequest, reason.clone())).await;
+            let _ = respond(tls, Response::new(Status::BadRequest, reason.clone())).await;
             return Err(CloseReason::Refused { status: Status::BadRequest, reason });
         }
     };
+    tracing::Span::current().record("destination", field::display(dst));
     // The source agent connected to the original destination's address: anything else would
     // make this agent connect somewhere on the peer's behalf.
     if crate::ebpf::canonical_ip(dst.ip()) != crate::ebpf::canonical_ip(local.ip()) {
         let reason = format!("destination {dst} is not an address of workload {}", workload.name);
-        let _ = respond(&mut tls, Response::new(Status::BadRequest, reason.clone())).await;
+        let _ = respond(tls, Response::new(Status::BadRequest, reason.clone())).await;
         return Err(CloseReason::Refused { status: Status::BadRequest, reason });
     }
-    if let Err(reason) = agent.authorize_inbound(&peer_id, workload, dst.port()) {
-        let _ = respond(&mut tls, Response::new(Status::Denied, reason.clone())).await;
+    if let Err(reason) = agent.authorize_inbound(peer_id, workload, dst.port()) {
+        let _ = respond(tls, Response::new(Status::Denied, reason.clone())).await;
         return Err(CloseReason::Refused { status: Status::Denied, reason });
     }
-    Ok((tls, peer_id, dst, secrets))
+    Ok(dst)
 }
 
 async fn connect_local(workload: &Workload, dst: SocketAddr) -> Result<TcpStream, Response> {
@@ -144,6 +189,29 @@ async fn respond(tls: &mut ServerTls, response: Response) -> std::io::Result<()>
 /// `plain` is the workload-side socket. Resets `plain` when the flow fails.
 pub async fn data_phase(
     agent: &Arc<Agent>,
+    plain: TcpStream,
+    tls: TlsStream<CorkStream<TcpStream>>,
+    guard: &FlowGuard,
+    secrets: Option<Arc<SecretLog>>,
+) -> CloseReason {
+    let stats = &guard.flow.stats;
+    stats.attach(SocketSide::Workload, plain.as_fd());
+    match &tls {
+        TlsStream::Client(c) => stats.attach(SocketSide::Mesh, c.get_ref().0.io.as_fd()),
+        TlsStream::Server(s) => stats.attach(SocketSide::Mesh, s.get_ref().0.io.as_fd()),
+    }
+    let path = if agent.use_ktls() { DataPath::Ktls } else { DataPath::Userspace };
+    record_path(guard, path);
+    agent.flow_opened(guard);
+    let span = debug_span!("data", data_path = path.label());
+    let reason = move_data(agent, plain, tls, guard, secrets).instrument(span).await;
+    // Before the sockets close: the sampler's duplicates must not hold them open.
+    stats.detach();
+    reason
+}
+
+async fn move_data(
+    agent: &Arc<Agent>,
     mut plain: TcpStream,
     tls: TlsStream<CorkStream<TcpStream>>,
     guard: &FlowGuard,
@@ -157,8 +225,7 @@ pub async fn data_phase(
         };
         guard.flow.set_sockets(&[plain.as_fd(), tls_fd]);
     }
-    let reason = if agent.use_ktls() {
-        record_path(guard, DataPath::Ktls);
+    if agent.use_ktls() {
         let secrets = secrets.and_then(|log| {
             let (state, client) = match &tls {
                 TlsStream::Client(c) => (c.get_ref().1.negotiated_cipher_suite(), true),
@@ -174,13 +241,11 @@ pub async fn data_phase(
             }
         }
     } else {
-        record_path(guard, DataPath::Userspace);
         let mut tls = tls;
         let reason = relay(&mut plain, &mut tls, Arc::clone(&guard.flow), agent.config.idle_timeout).await;
         if reason.is_failure() {
             reset_on_close(&plain);
         }
         reason
-    };
-    reason
+    }
 }

@@ -1,6 +1,6 @@
 //! Outbound: a workload's redirected connection, carried to the destination's agent.
 
-use std::{net::SocketAddr, sync::Arc};
+use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use ktls::CorkStream;
 use rustls_pki_types::ServerName;
@@ -10,7 +10,7 @@ use tokio::{
     time::timeout,
 };
 use tokio_rustls::TlsConnector;
-use tracing::{field, info, info_span, warn, Instrument};
+use tracing::{debug, debug_span, field, info_span, warn, Instrument};
 
 use super::{
     header::{self, Request, Response, Status},
@@ -40,9 +40,10 @@ pub async fn handle(agent: Arc<Agent>, listener_workload: Arc<Workload>, sock: T
     let source = agent.workload_by_id(orig.workload_id).unwrap_or(listener_workload);
     let guard = agent.flows.open(Direction::Outbound, &source.name, source.spiffe_id.as_str(), dst, peer);
     let span = info_span!("flow", id = guard.flow.id, dir = "outbound", src = %peer, dst = %dst,
-        src_id = %source.spiffe_id, peer_id = field::Empty, data_path = field::Empty);
+        src_id = %source.spiffe_id, dst_id = field::Empty, workload = %source.name, data_path = field::Empty,
+        bytes_out = field::Empty, bytes_in = field::Empty, reason = field::Empty, otel.status_code = field::Empty);
     async move {
-        info!("flow opened");
+        debug!("flow accepted");
         let reason = run(&agent, &source, sock, dst, &guard).await;
         agent.flow_closed(&guard, &reason);
     }
@@ -77,15 +78,37 @@ async fn setup(
     dst: SocketAddr,
     guard: &FlowGuard,
 ) -> Result<(ClientTls, Option<Arc<SecretLog>>), CloseReason> {
+    let flow_span = tracing::Span::current();
+    let hs = debug_span!("handshake", peer_agent = field::Empty, handshake_error = field::Empty);
+    let (mut tls, secrets) = handshake(agent, source, dst, guard, &flow_span).instrument(hs).await?;
     let remote = SocketAddr::new(dst.ip(), agent.config.ports.inbound);
+    exchange(&mut tls, dst, remote).instrument(debug_span!("authorization", destination = %dst)).await?;
+    Ok((tls, secrets))
+}
+
+/// TCP connect to the destination agent, TLS handshake, peer identity.
+async fn handshake(
+    agent: &Agent,
+    source: &Workload,
+    dst: SocketAddr,
+    guard: &FlowGuard,
+    flow_span: &tracing::Span,
+) -> Result<(ClientTls, Option<Arc<SecretLog>>), CloseReason> {
+    let remote = SocketAddr::new(dst.ip(), agent.config.ports.inbound);
+    tracing::Span::current().record("peer_agent", field::display(remote));
     let setup_err = |what: &str, e: &dyn std::fmt::Display| CloseReason::Setup(format!("{what} {remote}: {e}"));
+    let started = Instant::now();
     let std_sock =
         source.netns.socket_for(remote, meshd_common::AGENT_SOCKET_MARK).map_err(|e| setup_err("socket for", &e))?;
     let sock = TcpSocket::from_std_stream(std_sock.into());
+    let connect_failed = |e: &dyn std::fmt::Display| {
+        agent.metrics.handshake_failed(Direction::Outbound, "connect");
+        setup_err("connect to the destination agent at", e)
+    };
     let tcp = timeout(SETUP_TIMEOUT, sock.connect(remote))
         .await
-        .map_err(|_| setup_err("connect to the destination agent at", &"timed out"))?
-        .map_err(|e| setup_err("connect to the destination agent at", &e))?;
+        .map_err(|_| connect_failed(&"timed out"))?
+        .map_err(|e| connect_failed(&e))?;
     // Where kernel TLS can rekey, capture this connection's traffic secrets for KeyUpdate.
     let secrets = agent.wants_secrets().then(|| Arc::new(SecretLog::default()));
     let config = match &secrets {
@@ -98,14 +121,30 @@ async fn setup(
     };
     let connector = TlsConnector::from(config);
     let name = ServerName::IpAddress(dst.ip().into());
-    let mut tls = timeout(SETUP_TIMEOUT, connector.connect(name, CorkStream::new(tcp)))
-        .await
-        .map_err(|_| setup_err("TLS handshake with", &"timed out"))?
-        .map_err(|e| setup_err("TLS handshake with", &e))?;
-    let peer_id = crate::tls::peer_identity(tls.get_ref().1).map_err(|e| setup_err("peer identity of", &e))?;
-    tracing::Span::current().record("peer_id", field::display(&peer_id));
+    let tls = match timeout(SETUP_TIMEOUT, connector.connect(name, CorkStream::new(tcp))).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            agent.handshake_failed(Direction::Outbound, Some(&e));
+            return Err(setup_err("TLS handshake with", &e));
+        }
+        Err(_) => {
+            agent.handshake_failed(Direction::Outbound, None);
+            return Err(setup_err("TLS handshake with", &"timed out"));
+        }
+    };
+    let peer_id = crate::tls::peer_identity(tls.get_ref().1).map_err(|e| {
+        agent.metrics.handshake_failed(Direction::Outbound, "peer_identity");
+        setup_err("peer identity of", &e)
+    })?;
+    agent.handshake_done(Direction::Outbound, started.elapsed(), Some(guard));
+    flow_span.record("dst_id", field::display(&peer_id));
     let _ = guard.flow.peer_identity.set(peer_id.to_string());
+    Ok((tls, secrets))
+}
 
+/// Sends the mesh request; the destination agent authorizes it and answers.
+async fn exchange(tls: &mut ClientTls, dst: SocketAddr, remote: SocketAddr) -> Result<(), CloseReason> {
+    let setup_err = |what: &str, e: &dyn std::fmt::Display| CloseReason::Setup(format!("{what} {remote}: {e}"));
     let exchange = async {
         tls.write_all(&Request { destination: dst }.encode()).await?;
         tls.flush().await?;
@@ -123,7 +162,7 @@ async fn setup(
     if response.status != Status::Ok {
         return Err(CloseReason::Refused { status: response.status, reason: response.reason });
     }
-    Ok((tls, secrets))
+    Ok(())
 }
 
 /// Records the data path chosen for a flow.

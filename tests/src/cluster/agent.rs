@@ -47,7 +47,12 @@ impl Agent {
             node: node.agent_name.clone(),
             trust_domain: cluster.trust_domain.clone(),
             ports: Default::default(),
-            admin: meshd::config::Admin { socket: Some(dir.join("admin.sock")), http: None },
+            // Each node is its own network namespace: 127.0.0.1:15020 in each does not clash.
+            admin: meshd::config::Admin {
+                socket: Some(dir.join("admin.sock")),
+                http: Some(meshd::config::DEFAULT_ADMIN_HTTP),
+                max_identity_pairs: None,
+            },
             bpffs: "/sys/fs/bpf".into(),
             cgroup_root: None,
             agent_cgroup: Some(node.agent_cgroup.clone()),
@@ -77,6 +82,7 @@ impl Agent {
             ktls_record_limit: None,
             on_exit: opts.on_exit,
             policy: None,
+            otlp: None,
         }
     }
 
@@ -162,6 +168,20 @@ impl Agent {
             }
             thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// GETs `path` from the agent's admin HTTP listener (inside the node's namespace).
+    pub fn http_get(&self, path: &str) -> (u16, String) {
+        let addr = self.config.admin.http.expect("the agent's admin HTTP listener is configured");
+        crate::http::get(&self.node.netns_path(), addr, path)
+            .unwrap_or_else(|e| panic!("GET {path} from agent {}: {e}; log:\n{}", self.node.name, self.log_tail(20)))
+    }
+
+    /// The agent's `/metrics` text.
+    pub fn metrics(&self) -> String {
+        let (status, body) = self.http_get("/metrics");
+        assert_eq!(status, 200, "GET /metrics: {body}");
+        body
     }
 
     pub fn log(&self) -> String {
