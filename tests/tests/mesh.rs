@@ -114,7 +114,10 @@ fn failures_reach_the_application_as_resets_with_reasons_in_the_logs() {
     // The server resets the connection mid-flow: the client sees a reset too.
     let _rst = procs::spawn_ready(testkit(&server, &["reset", "0.0.0.0:9002"]), "reset server", "listening");
     let (ok, _, err) = connect(&client, &format!("{}:9002", server.ip), Some("x"));
-    assert!(!ok && err.contains("reset"), "a reset propagates to the client: {err}");
+    // Depending on timing the client meets the reset in its read ("reset"), or already when it
+    // half-closes ("not connected"): either way its connection failed.
+    let failed = err.contains("reset") || err.contains("not connected");
+    assert!(!ok && failed, "a reset propagates to the client: {err}");
     // Half-close both ways: the sink answers only after the client's EOF arrives.
     let _sink = procs::spawn_ready(testkit(&server, &["sink", "0.0.0.0:9003"]), "sink", "listening");
     let (ok, out, err) = connect(&client, &format!("{}:9003", server.ip), Some("ping"));
