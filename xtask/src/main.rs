@@ -1,5 +1,6 @@
 //! `cargo xtask`: project automation. Each subcommand lives in its own module.
 
+mod bench;
 mod compile;
 mod demo;
 mod setup;
@@ -32,6 +33,12 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Measure what the mesh costs against a direct baseline in the same run (root; release build).
+    Bench {
+        /// Arguments for the benchmark binary (--bytes, --connections, --flows, --runs).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
     /// Boot the test kernels under qemu and check the guest environment (kTLS, netns, bpffs, ffmpeg).
     VmTest(vm::smoke::VmTestArgs),
 }
@@ -43,6 +50,7 @@ fn main() -> Result<()> {
         Command::Build => compile::build_all(),
         Command::Test(args) => test::test(&args),
         Command::Demo { args } => demo::demo(&args),
+        Command::Bench { args } => bench::bench(&args),
         Command::VmTest(args) => vm::smoke::vm_test(&args),
     }
 }
