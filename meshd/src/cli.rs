@@ -42,7 +42,7 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminArgs,
         /// Machine-readable output.
-        #[arg(long)]
+        #[arg(long, env = "MESHD_STATUS_JSON")]
         json: bool,
     },
     /// Enroll a workload with the running agent.
@@ -61,8 +61,8 @@ pub enum Command {
         /// SPIFFE ID of the workload, e.g. spiffe://cluster.local/ns/media/sa/encoder.
         #[arg(long, env = "MESHD_WORKLOAD_SPIFFE_ID")]
         spiffe_id: String,
-        /// Labels for policy selection, KEY=VALUE (repeatable).
-        #[arg(long = "label", value_parser = parse_label)]
+        /// Labels for policy selection, KEY=VALUE (repeatable; comma-separated in the variable).
+        #[arg(long = "label", env = "MESHD_WORKLOAD_LABELS", value_delimiter = ',', value_parser = parse_label)]
         labels: Vec<(String, String)>,
     },
     /// Unenroll a workload: its connections go direct again.
@@ -108,20 +108,22 @@ pub enum CaCommand {
         dir: PathBuf,
         #[arg(long, env = "MESHD_TRUST_DOMAIN", default_value = "cluster.local")]
         trust_domain: String,
-        #[arg(long)]
+        /// Replace an existing CA (every SVID it issued stops being trusted).
+        #[arg(long, env = "MESHD_CA_FORCE")]
         force: bool,
     },
     /// Issue an SVID into a folder (tls.crt, tls.key, ca.crt), e.g. for the files identity source.
     Issue {
         #[arg(long, env = "MESHD_CA_DIR")]
         dir: PathBuf,
-        #[arg(long)]
+        /// The SVID's SPIFFE ID.
+        #[arg(long, env = "MESHD_SPIFFE_ID")]
         spiffe_id: String,
         /// Output folder.
-        #[arg(long)]
+        #[arg(long, env = "MESHD_SVID_OUT")]
         out: PathBuf,
         /// Lifetime, e.g. 1h, 30m.
-        #[arg(long, default_value = "1h")]
+        #[arg(long, env = "MESHD_SVID_TTL", default_value = "1h")]
         ttl: String,
     },
 }
@@ -133,6 +135,7 @@ pub enum PolicyCommand {
         #[command(flatten)]
         admin: AdminArgs,
         /// Policy file (YAML).
+        #[arg(env = "MESHD_POLICY_FILE")]
         file: PathBuf,
     },
 }
