@@ -11,9 +11,16 @@ use std::path::PathBuf;
 
 pub use protocol::{Request, Response};
 
+fn connect_hint(e: &std::io::Error) -> &'static str {
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied => "the admin socket is for root only: run the command as root",
+        _ => "is `meshd run` running on this node?",
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("connect to the agent's admin socket {path}: {source} (is `meshd run` running on this node?)")]
+    #[error("connect to the agent's admin socket {path}: {source} ({})", connect_hint(source))]
     Connect { path: PathBuf, source: std::io::Error },
     #[error("talk to the agent over {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },

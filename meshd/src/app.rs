@@ -10,6 +10,8 @@ mod admin;
 mod enroll;
 mod observe;
 mod policy;
+mod start;
+mod state;
 mod status;
 
 use std::{
@@ -25,10 +27,10 @@ use tracing::{info, warn};
 
 use crate::{
     config::{Config, DataPathMode},
-    ebpf::{Datapath, DatapathOptions, Prefix},
+    ebpf::Datapath,
     flows::FlowTable,
     identity::{IdentitySource, TrustDomain},
-    metrics::{labels::DEFAULT_MAX_PAIRS, Metrics},
+    metrics::Metrics,
     proxy::{ktls::KtlsSupport, splice::DEFAULT_RECORD_LIMIT},
     workload::{Registry, Workload},
 };
@@ -51,6 +53,8 @@ pub enum Error {
     Enroll { name: String, message: String },
     #[error("unenroll workload {name}: not enrolled")]
     NotEnrolled { name: String },
+    #[error("{source} — create the development CA first: `meshd ca init --dir {}`", dir.display())]
+    NoCa { dir: PathBuf, source: crate::identity::Error },
     #[error("kernel TLS is required (data_path: ktls) but unavailable: {0}")]
     KtlsRequired(String),
     #[error("install signal handlers: {0}")]
@@ -83,83 +87,6 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Loads and attaches everything `config` asks for; the agent is ready when this returns.
-    pub async fn start(config: Config, ebpf_object: Option<PathBuf>) -> Result<Arc<Self>, Error> {
-        info!(config = %serde_json::to_string(&config).unwrap_or_default(), "effective configuration");
-        let trust_domain = TrustDomain::new(&config.trust_domain)?;
-        let cgroup_root = match &config.cgroup_root {
-            Some(root) => root.clone(),
-            None => crate::cgroup::cgroup2_root()?,
-        };
-        let agent_cgroup = match &config.agent_cgroup {
-            Some(c) => crate::cgroup::resolve(&cgroup_root, c)?,
-            None => crate::cgroup::own_cgroup(&cgroup_root)?,
-        };
-        let ktls = crate::proxy::ktls::probe();
-        match (config.data_path, ktls.available) {
-            (DataPathMode::Ktls, false) => return Err(Error::KtlsRequired(ktls.detail)),
-            (DataPathMode::Auto, false) => {
-                warn!(reason = %ktls.detail, "kernel TLS unavailable: flows use the userspace (rustls) data path")
-            }
-            (DataPathMode::Userspace, false) => info!(reason = %ktls.detail, "kernel TLS unavailable"),
-            (_, true) => info!(rekey = ktls.rekey, "kernel TLS available"),
-        }
-        let mut datapath = Datapath::load(&DatapathOptions {
-            node: config.node.clone(),
-            bpffs: config.bpffs.clone(),
-            object: ebpf_object,
-        })?;
-        let prefixes = |list: &[crate::config::Destination]| -> Vec<Prefix> {
-            list.iter()
-                .filter_map(|d| d.parse().ok())
-                .map(|p| Prefix { addr: p.addr, len: p.len, ports: p.ports })
-                .collect()
-        };
-        datapath.maps().set_prefixes(&prefixes(&config.mesh.destinations), &prefixes(&config.mesh.exclude))?;
-        datapath.attach_getsockopt(&agent_cgroup)?;
-        let identity = enroll::identity_source(&config, &trust_domain)?;
-        let flows = Arc::new(FlowTable::default());
-        let max_pairs = config.admin.max_identity_pairs.unwrap_or(DEFAULT_MAX_PAIRS);
-        let metrics = Arc::new(Metrics::new(Arc::clone(&flows), max_pairs));
-        let identity_changes = identity.changes();
-        let identity_changes_base = *identity_changes.borrow();
-        let agent = Arc::new(Self {
-            config,
-            trust_domain,
-            cgroup_root,
-            flows,
-            ktls,
-            metrics,
-            identity,
-            identity_changes,
-            identity_changes_base,
-            datapath: Mutex::new(Some(datapath)),
-            workloads: RwLock::new(Registry::default()),
-            ready: AtomicBool::new(false),
-            this: std::sync::OnceLock::new(),
-            policy: policy::PolicyState::default(),
-        });
-        let _ = agent.this.set(Arc::downgrade(&agent));
-        if let Some(path) = agent.config.policy.clone() {
-            if let Err(e) = agent.apply_policy_file(&path) {
-                agent.shutdown();
-                return Err(e);
-            }
-        }
-        for w in agent.config.workloads.clone() {
-            if let Err(e) = agent.enroll(w).await {
-                // Leave nothing behind: detach what was attached, remove the pins.
-                agent.shutdown();
-                return Err(e);
-            }
-        }
-        if let Some(dp) = agent.lock_datapath().as_mut() {
-            dp.release_stale();
-        }
-        agent.ready.store(true, Ordering::SeqCst);
-        Ok(agent)
-    }
-
     /// Runs the admin socket, the admin HTTP listener and the flow sampler, and waits for
     /// SIGTERM or SIGINT, then shuts down.
     pub async fn serve(self: Arc<Self>) -> Result<(), Error> {
@@ -167,6 +94,7 @@ impl Agent {
         let listener = crate::admin::server::bind(&path)?;
         let http = observe::start_http(&self).await?;
         let sampler = tokio::spawn(observe::sampler(Arc::downgrade(&self)));
+        let reaper = tokio::spawn(enroll::reaper(Arc::downgrade(&self)));
         let admin = tokio::spawn(crate::admin::server::serve(listener, path.clone(), Arc::clone(&self)));
         info!(node = %self.config.node, admin = %path.display(), workloads = self.workloads().len(), "agent ready");
         let mut term =
@@ -183,6 +111,7 @@ impl Agent {
         }
         admin.abort();
         sampler.abort();
+        reaper.abort();
         if let Some(h) = http {
             h.abort();
         }
@@ -236,6 +165,8 @@ impl Agent {
                 Err(e) => warn!(error = %e, "clean detach failed"),
             }
         }
+        // Uninstalled: a later agent has nothing to restore.
+        let _ = std::fs::remove_file(self.state_path());
     }
 
     pub fn is_ready(&self) -> bool {

@@ -14,8 +14,9 @@ use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "no cgroup v2 hierarchy is mounted (looked in /proc/self/mountinfo); mount one with \
-         `mount -t cgroup2 none /sys/fs/cgroup/unified` or boot with systemd.unified_cgroup_hierarchy=1"
+        "no cgroup v2 hierarchy is mounted in this mount namespace (looked in /proc/self/mountinfo); mount one \
+         with `mount -t cgroup2 none /sys/fs/cgroup/unified`, or set cgroup_root in the config. Under `ip netns \
+         exec`, /sys is remounted without it: run meshd in the node's namespace with nsenter --net instead"
     )]
     NoCgroup2,
     #[error("cgroup {path} does not exist: create the workload's cgroup first (mkdir under {root})")]
@@ -70,6 +71,26 @@ pub fn own_cgroup(root: &Path) -> Result<PathBuf, Error> {
     let text = fs::read_to_string(path).map_err(|source| Error::Io { path: path.into(), source })?;
     let rel = text.lines().find_map(|l| l.strip_prefix("0::")).ok_or(Error::NoCgroup2)?.trim_start_matches('/');
     Ok(root.join(rel))
+}
+
+/// The ids of every cgroup under `root` (to tell which cgroups of an earlier run still exist).
+pub fn existing_ids(root: &Path) -> std::collections::HashSet<u64> {
+    fn walk(dir: &Path, depth: u32, out: &mut std::collections::HashSet<u64>) {
+        if let Ok(meta) = fs::metadata(dir) {
+            out.insert(meta.ino());
+        }
+        if depth == 0 {
+            return;
+        }
+        for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                walk(&entry.path(), depth - 1, out);
+            }
+        }
+    }
+    let mut out = std::collections::HashSet::new();
+    walk(root, 32, &mut out);
+    out
 }
 
 /// Moves process `pid` into the cgroup at `path`.

@@ -69,6 +69,7 @@ pub enum Command {
     Unenroll {
         #[command(flatten)]
         admin: AdminArgs,
+        /// Workload name, as enrolled.
         #[arg(long, env = "MESHD_WORKLOAD_NAME")]
         name: String,
     },
@@ -104,8 +105,10 @@ pub struct AdminArgs {
 pub enum CaCommand {
     /// Create a development CA (refuses to overwrite one unless --force).
     Init {
+        /// Folder for ca.crt and ca.key (mode 0600).
         #[arg(long, env = "MESHD_CA_DIR")]
         dir: PathBuf,
+        /// SPIFFE trust domain of every identity the CA issues.
         #[arg(long, env = "MESHD_TRUST_DOMAIN", default_value = "cluster.local")]
         trust_domain: String,
         /// Replace an existing CA (every SVID it issued stops being trusted).
@@ -114,6 +117,7 @@ pub enum CaCommand {
     },
     /// Issue an SVID into a folder (tls.crt, tls.key, ca.crt), e.g. for the files identity source.
     Issue {
+        /// The CA's folder (from `meshd ca init`).
         #[arg(long, env = "MESHD_CA_DIR")]
         dir: PathBuf,
         /// The SVID's SPIFFE ID.

@@ -19,7 +19,7 @@
 mod types;
 mod validate;
 
-pub use validate::check_spiffe_id;
+pub use validate::{check_spiffe_id, valid_name};
 
 use std::path::{Path, PathBuf};
 

@@ -21,6 +21,14 @@ pub use datapath::{Datapath, DatapathOptions};
 pub use maps::{canonical_ip, flow_key, orig_addr, Counters, Prefix};
 pub use sockopt::original_dst;
 
+/// An error's message followed by its cause's (aya's map errors keep the errno in the cause).
+fn with_cause(e: &dyn std::error::Error) -> String {
+    match e.source() {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{0}")]
@@ -42,8 +50,10 @@ pub enum Error {
     Verifier { program: &'static str, source: aya::programs::ProgramError },
     #[error("attach eBPF program {program} to cgroup {cgroup}: {source}")]
     Attach { program: &'static str, cgroup: PathBuf, source: aya::programs::ProgramError },
-    #[error("eBPF map {map}: {source}")]
+    #[error("eBPF map {map}: {}", with_cause(source))]
     Map { map: &'static str, source: aya::maps::MapError },
+    #[error("{what}: {count} entries do not fit the kernel map {map}, which holds {capacity} per policy generation")]
+    Capacity { what: &'static str, map: &'static str, count: usize, capacity: usize },
     #[error("pin {what} at {path}: {detail}")]
     Pin { what: String, path: PathBuf, detail: String },
     #[error("{op} {path}: {source}")]

@@ -80,24 +80,34 @@ impl Flow {
         *self.sockets.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = dups;
     }
 
-    /// Ends the flow now, as an abort: the workload sees a reset, the peer agent a TLS stream
-    /// that ends without close_notify (so it resets its side too — a cut stream must never look
-    /// like a complete one). The data path sees both sockets shut down and, finding
-    /// [`Flow::revoked`] set, does not close gracefully.
+    /// Ends the flow now, as an abort: both of its TCP connections are reset (the workload sees
+    /// a reset, never an end of stream — a cut stream must never look complete; the peer agent
+    /// sees a reset and resets its side too). The data path's blocked calls fail and, finding
+    /// [`Flow::revoked`] set, do not close gracefully.
     pub fn cut(&self, reason: String) {
         let _ = self.revoked.set(reason);
         let socks = self.sockets.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(plain) = socks.first() {
-            let _ = socket2::SockRef::from(plain).set_linger(Some(std::time::Duration::ZERO));
-        }
         // The TLS side first, so no close_notify can slip out after the workload side ends.
         for fd in socks.iter().rev() {
-            let _ = socket2::SockRef::from(fd).shutdown(std::net::Shutdown::Both);
+            abort(fd);
         }
     }
 
     pub fn is_cut(&self) -> bool {
         self.revoked.get().is_some()
+    }
+}
+
+/// Resets a TCP connection from outside the task using it: `connect(AF_UNSPEC)` makes the
+/// kernel send a reset and wakes every call blocked on the socket with an error.
+fn abort(fd: &OwnedFd) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an all-zero `sockaddr` with family AF_UNSPEC, passed with its own size; the
+    // descriptor is a socket this flow owns a duplicate of.
+    unsafe {
+        let mut addr: libc::sockaddr = std::mem::zeroed();
+        addr.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+        libc::connect(fd.as_raw_fd(), &addr, std::mem::size_of::<libc::sockaddr>() as libc::socklen_t);
     }
 }
 

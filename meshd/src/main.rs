@@ -22,7 +22,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("meshd: {e:#}");
+            eprintln!("meshd: {}", message(&e));
             if e.downcast_ref::<meshd::config::Error>().is_some() {
                 ExitCode::from(EXIT_USAGE)
             } else {
@@ -30,6 +30,19 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// The error and its causes on one line, each cause only when the message does not already
+/// contain it (most of meshd's messages include their cause).
+fn message(e: &anyhow::Error) -> String {
+    let mut text = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !text.contains(&c) {
+            text = format!("{text}: {c}");
+        }
+    }
+    text
 }
 
 fn run(cli: Cli) -> Result<ExitCode> {
@@ -84,6 +97,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let ca = meshd::identity::DevCa::load(&dir)?;
             let id = meshd::identity::SpiffeId::new(&spiffe_id)?;
             let ttl = meshd::config::parse_duration(&ttl).map_err(anyhow::Error::msg)?;
+            if ttl < std::time::Duration::from_secs(1) {
+                bail!("--ttl {ttl:?}: an SVID must live at least 1s");
+            }
             let svid = ca.issue(&id, ttl)?;
             meshd::identity::write_svid_dir(&out, &svid, &ca.bundle())?;
             println!("SVID for {spiffe_id} written to {}", out.display());

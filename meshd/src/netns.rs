@@ -21,7 +21,7 @@ pub enum Error {
         "open network namespace {path}: {source} (is the path right? `ip netns add` puts them under /var/run/netns)"
     )]
     Open { path: PathBuf, source: std::io::Error },
-    #[error("enter network namespace {path}: {source} (the agent needs CAP_SYS_ADMIN)")]
+    #[error("enter network namespace {path}: {source} ({})", enter_hint(*source))]
     Enter { path: PathBuf, source: nix::Error },
     #[error("network namespace worker for {path} is gone")]
     WorkerGone { path: PathBuf },
@@ -29,6 +29,13 @@ pub enum Error {
     Socket { op: &'static str, addr: SocketAddr, path: PathBuf, source: std::io::Error },
     #[error("read the network namespace cookie of a socket: {0}")]
     Cookie(std::io::Error),
+}
+
+fn enter_hint(e: nix::Error) -> &'static str {
+    match e {
+        nix::Error::EINVAL => "is it a network namespace? give /var/run/netns/NAME or /proc/PID/ns/net",
+        _ => "the agent needs CAP_SYS_ADMIN",
+    }
 }
 
 type Job = Box<dyn FnOnce() + Send>;

@@ -150,21 +150,30 @@ fn bad_input_fails_with_one_line_that_names_the_thing() {
     assert_eq!(code, Some(64), "an invalid config exits 64 (EX_USAGE): {err}");
     assert!(err.contains("bad-") && err.contains(".yaml"), "names the file: {err}");
 
-    let (code, err) = run_agent(&c, "a", &base(&wl("/sys/fs/cgroup/unified/no-such-pod", &netns)), false);
-    assert_ne!(code, Some(0));
-    assert!(err.contains("no-such-pod") && err.contains("does not exist"), "{err}");
+    // Each failure: exit status 1 and exactly one `meshd:` line that names the thing.
+    let one_line = |err: &str| {
+        let lines: Vec<&str> = err.lines().filter(|l| l.starts_with("meshd:")).collect();
+        assert_eq!(lines.len(), 1, "one error line: {err}");
+        lines[0].to_string()
+    };
+    let cgroup2 = meshd::cgroup::cgroup2_root().expect("cgroup v2");
+    let (code, err) = run_agent(&c, "a", &base(&wl(&cgroup2.join("no-such-pod").display().to_string(), &netns)), false);
+    assert_eq!(code, Some(1), "{err}");
+    let line = one_line(&err);
+    assert!(line.contains("no-such-pod") && line.contains("does not exist"), "{line}");
 
     let (code, err) = run_agent(&c, "a", &base(&wl(&cgroup, "/var/run/netns/no-such-netns")), false);
-    assert_ne!(code, Some(0));
-    assert!(err.contains("no-such-netns") && err.contains("network namespace"), "{err}");
+    assert_eq!(code, Some(1), "{err}");
+    let line = one_line(&err);
+    assert!(line.contains("no-such-netns") && line.contains("network namespace"), "{line}");
+    assert_eq!(line.matches("No such file").count(), 1, "the cause is printed once: {line}");
 
     let (code, err) = run_agent(&c, "a", &base(""), true);
-    assert_ne!(code, Some(0));
-    assert!(err.contains("lacks") && err.contains("CAP_BPF") && err.contains("root"), "{err}");
+    assert_eq!(code, Some(1), "{err}");
+    let line = one_line(&err);
+    assert!(line.contains("lacks") && line.contains("CAP_BPF") && line.contains("root"), "{line}");
+    assert!(!err.contains("kernel TLS"), "the privilege check comes first: {err}");
 
     // The failed starts left nothing behind.
     assert!(!Path::new("/sys/fs/bpf/meshd").join(&node_name).exists(), "a failed start must remove its pins");
-    for line in err.lines().filter(|l| l.starts_with("meshd:")) {
-        assert!(!line.is_empty());
-    }
 }

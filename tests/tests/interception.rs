@@ -286,7 +286,7 @@ fn a_restarted_agent_adopts_stale_pins_without_a_gap() {
     dp.maps().set_prefixes(&[Prefix { addr: "10.100.0.0".parse().unwrap(), len: 16, ports: (1, 65535) }], &[]).unwrap();
     f.dp = Some(dp);
     let (v4, _v6) = f.enroll(&client, 2);
-    f.dp().release_stale();
+    f.dp().release_stale(&meshd::cgroup::existing_ids(&meshd::cgroup::cgroup2_root().unwrap()));
     assert_eq!(std::fs::read_dir(&links).unwrap().count(), 4, "only the new run's links remain");
 
     let dst = format!("{}:8080", server.ip);

@@ -17,7 +17,7 @@ use crate::{
 /// The identity source the configuration names.
 pub fn identity_source(config: &Config, td: &TrustDomain) -> Result<Arc<dyn IdentitySource>, Error> {
     if let Some(ca) = &config.identity.dev_ca {
-        let dev = DevCa::load(&ca.dir)?;
+        let dev = DevCa::load(&ca.dir).map_err(|source| Error::NoCa { dir: ca.dir.clone(), source })?;
         let source = CaSource::start(dev, CaSourceConfig { ttl: ca.svid_ttl, ..CaSourceConfig::default() })?;
         return Ok(source);
     }
@@ -38,6 +38,9 @@ impl Agent {
     /// Enrolls a workload: listeners in its namespace first, then its programs.
     pub async fn enroll(self: &Arc<Self>, cfg: WorkloadConfig) -> Result<Arc<Workload>, Error> {
         let fail = |message: String| Error::Enroll { name: cfg.name.clone(), message };
+        if !crate::config::valid_name(&cfg.name) {
+            return Err(fail("the name must be 1-63 characters of a-z, 0-9, '-', '_' or '.'".into()));
+        }
         crate::config::check_spiffe_id(&cfg.spiffe_id, &self.config.trust_domain).map_err(&fail)?;
         if self.workloads.read().unwrap_or_else(std::sync::PoisonError::into_inner).by_name(&cfg.name).is_some() {
             return Err(fail("a workload of that name is already enrolled".into()));
@@ -45,6 +48,9 @@ impl Agent {
         let spiffe_id = SpiffeId::new(&cfg.spiffe_id)?;
         let cgroup = crate::cgroup::resolve(&self.cgroup_root, &cfg.cgroup)?;
         let cgroup_id = crate::cgroup::cgroup_id(&cgroup)?;
+        if let Some(other) = self.workloads().into_iter().find(|w| w.cgroup_id == cgroup_id) {
+            return Err(fail(format!("cgroup {} is already enrolled as workload {}", cgroup.display(), other.name)));
+        }
         let netns = Netns::open(&cfg.netns)?;
         if let Some(files) = &self.config.identity.files {
             // The file source reads `<dir>/<workload>/{tls.crt,tls.key,ca.crt}`.
@@ -100,6 +106,7 @@ impl Agent {
         self.workloads.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(Arc::clone(&workload));
         // The new workload is a source of connect-time verdicts.
         self.reinstall_policy()?;
+        self.save_state();
         info!(workload = %workload.name, spiffe_id = %workload.spiffe_id, cgroup = %cgroup.display(),
               netns = %cfg.netns.display(), ipv6, "workload enrolled");
         Ok(workload)
@@ -110,15 +117,18 @@ impl Agent {
     pub fn unenroll(&self, name: &str) -> Result<(), Error> {
         let w = self
             .workloads
-            .write()
+            .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .remove(name)
+            .by_name(name)
+            .cloned()
             .ok_or_else(|| Error::NotEnrolled { name: name.into() })?;
         if let Some(dp) = self.lock_datapath().as_mut() {
             dp.unenroll(w.cgroup_id)?;
         }
+        self.workloads.write().unwrap_or_else(std::sync::PoisonError::into_inner).remove(name);
         w.stop_listeners();
         self.reinstall_policy()?;
+        self.save_state();
         info!(workload = %name, "workload unenrolled");
         Ok(())
     }
@@ -168,4 +178,24 @@ async fn accept_failed(workload: &Workload, e: &std::io::Error) {
     warn!(workload = %workload.name, error = %e, "accept failed");
     // Out of file descriptors and the like: back off rather than spin.
     tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+/// Unenrolls workloads whose cgroup has disappeared (a pod deleted without `meshd unenroll`),
+/// every few seconds, so the agent does not keep serving, and holding, a dead namespace.
+pub(super) async fn reaper(agent: std::sync::Weak<Agent>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tick.tick().await;
+        let Some(agent) = agent.upgrade() else { return };
+        for w in agent.workloads() {
+            if !w.cgroup.exists() {
+                match agent.unenroll(&w.name) {
+                    Ok(()) => {
+                        info!(workload = %w.name, cgroup = %w.cgroup.display(), "the workload's cgroup is gone: unenrolled")
+                    }
+                    Err(e) => warn!(workload = %w.name, error = %e, "unenroll a workload whose cgroup is gone"),
+                }
+            }
+        }
+    }
 }

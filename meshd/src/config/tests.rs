@@ -76,6 +76,9 @@ fn bad_configs_name_the_field() {
         ("idle_timeout: 5m", "idle_timeout: 0s", "idle_timeout"),
         ("idle_timeout: 5m", "idle_timeout: 5m\notlp: { endpoint: \"grpc://x\" }", "otlp.endpoint"),
         ("identity: { dev_ca: { dir: /tmp/ca, svid_ttl: 30m } }", "identity: {}", "identity"),
+        ("svid_ttl: 30m", "svid_ttl: 0s", "identity.dev_ca.svid_ttl"),
+        ("cidr: 10.100.0.0/16", "cidr: \"::ffff:10.0.0.0/104\"", "mesh.destinations[0]"),
+        ("idle_timeout: 5m", "idle_timeout: 5m\nktls_record_limit: 0", "ktls_record_limit"),
     ];
     for (from, to, field) in cases {
         assert!(GOOD.contains(from), "{from}");
@@ -86,6 +89,19 @@ fn bad_configs_name_the_field() {
         }
         assert!(err.to_string().contains("test.yaml"), "{err}");
     }
+}
+
+#[test]
+fn too_many_prefixes_and_absurd_durations_are_rejected() {
+    let many: Vec<String> = (0..1100).map(|i| format!("{{ cidr: 10.{}.{}.0/24 }}", i / 256, i % 256)).collect();
+    let line = "  destinations: [ { cidr: 10.100.0.0/16 }, { cidr: \"fd00:100::/32\", ports: \"80-90\" } ]";
+    assert!(GOOD.contains(line));
+    let text = GOOD.replace(line, &format!("  destinations: [ {} ]", many.join(", ")));
+    let err = parse_yaml(&text).unwrap_err();
+    assert!(matches!(&err, Error::Invalid { field, .. } if field == "mesh.destinations"), "{err}");
+    assert!(err.to_string().contains("1024"), "{err}");
+    let err = parse_yaml(&GOOD.replace("30m", "999999999999999d")).unwrap_err();
+    assert!(err.to_string().contains("too long"), "{err}");
 }
 
 #[test]

@@ -256,15 +256,18 @@ pub(crate) mod duration {
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
         let n: u64 = num.parse().map_err(|_| format!("invalid duration {text:?}: expected e.g. 30s, 15m, 1h"))?;
-        let secs = match unit {
+        let scale = match unit {
             "ms" => return Ok(Duration::from_millis(n)),
-            "s" => n,
-            "m" => n * 60,
-            "h" => n * 3600,
-            "d" => n * 86400,
+            "s" => 1,
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86400,
             _ => return Err(format!("invalid duration {text:?}: unit must be ms, s, m, h or d")),
         };
-        Ok(Duration::from_secs(secs))
+        n.checked_mul(scale)
+            .filter(|s| *s <= 100 * 365 * 86400)
+            .map(Duration::from_secs)
+            .ok_or_else(|| format!("duration {text:?} is too long (at most 100 years)"))
     }
 }
 

@@ -23,8 +23,29 @@ impl Config {
             return Err(invalid("ports", "capture and inbound must be two different non-zero ports"));
         }
         match (&self.identity.dev_ca, &self.identity.files) {
+            (Some(ca), None) if ca.svid_ttl < std::time::Duration::from_secs(60) => {
+                return Err(invalid(
+                    "identity.dev_ca.svid_ttl",
+                    "must be at least 1m (SVIDs renew at half their lifetime)",
+                ));
+            }
             (Some(_), None) | (None, Some(_)) => {}
             _ => return Err(invalid("identity", "set exactly one of dev_ca or files")),
+        }
+        if self.ktls_record_limit == Some(0) {
+            return Err(invalid("ktls_record_limit", "must be at least 1 record"));
+        }
+        for (field, list) in [("mesh.destinations", &self.mesh.destinations), ("mesh.exclude", &self.mesh.exclude)] {
+            let limit = meshd_common::PREFIX_CAPACITY as usize;
+            for family in [true, false] {
+                let n = list.iter().filter_map(|d| d.parse().ok()).filter(|d| d.addr.is_ipv4() == family).count();
+                if n > limit {
+                    return Err(invalid(
+                        field,
+                        format!("{n} IPv{} prefixes; the kernel map holds {limit}", if family { 4 } else { 6 }),
+                    ));
+                }
+            }
         }
         for (i, d) in self.mesh.destinations.iter().enumerate() {
             d.parse().map_err(|m| invalid(format!("mesh.destinations[{i}]"), m))?;
@@ -86,7 +107,8 @@ pub fn check_spiffe_id(id: &str, trust_domain: &str) -> Result<(), String> {
     Ok(())
 }
 
-fn valid_name(s: &str) -> bool {
+/// A node or workload name: 1-63 characters of a-z, 0-9, '-', '_', '.'.
+pub fn valid_name(s: &str) -> bool {
     (1..=63).contains(&s.len()) && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
 }
 
@@ -113,6 +135,11 @@ impl Destination {
                 .filter(|l| *l <= max)
                 .ok_or_else(|| format!("{:?}: prefix length must be 0-{max}", self.cidr))?,
         };
+        if let IpAddr::V6(v6) = addr {
+            if v6.to_ipv4_mapped().is_some() && len >= 96 {
+                return Err(format!("{:?} is an IPv4-mapped IPv6 prefix: write it as IPv4", self.cidr));
+            }
+        }
         if masked(addr, len) != addr {
             return Err(format!("{:?} has host bits set; did you mean {}/{len}?", self.cidr, masked(addr, len)));
         }

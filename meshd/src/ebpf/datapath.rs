@@ -103,6 +103,8 @@ impl Datapath {
         match self.attach_all(cgroup, id) {
             Ok(links) => {
                 self.attached.insert(id, links);
+                // This run's programs are attached: an earlier run's may go.
+                self.stale.release_cgroup(id);
                 Ok(id)
             }
             Err(e) => {
@@ -163,23 +165,38 @@ impl Datapath {
         self.attached.contains_key(&cgroup_id)
     }
 
-    /// Releases links adopted from a crashed run (call once this run has attached its own).
-    pub fn release_stale(&mut self) {
-        let stale = std::mem::take(&mut self.stale);
-        if !stale.is_empty() {
-            info!(links = stale.len(), "released links of an earlier run");
+    /// After start-up enrollment: releases the links an earlier run left on cgroups that are
+    /// gone; keeps those of cgroups that still exist (they stay failing closed until enrolled).
+    pub fn release_stale(&mut self, existing_cgroups: &std::collections::HashSet<u64>) {
+        let before = self.stale.len();
+        self.stale.release_gone(existing_cgroups);
+        if before > 0 {
+            info!(released = before - self.stale.len(), kept = self.stale.len(), "links of an earlier run handled");
         }
-        stale.release();
     }
 
-    /// Detaches everything and removes the pins (clean shutdown).
+    /// Detaches everything, an earlier run's links included, and removes the pins (uninstall).
     pub fn shutdown(mut self) -> Result<(), Error> {
         let ids: Vec<u64> = self.attached.keys().copied().collect();
         for id in ids {
             self.unenroll(id)?;
         }
-        self.release_stale();
+        self.stale.release_all();
         self.pins.remove_all()
+    }
+
+    /// A start-up that failed: detaches what this run attached and removes its map pins, but
+    /// leaves an earlier run's links in place (their workloads keep failing closed).
+    pub fn abandon(mut self) -> Result<(), Error> {
+        let ids: Vec<u64> = self.attached.keys().copied().collect();
+        for id in ids {
+            self.unenroll(id)?;
+        }
+        if self.stale.is_empty() {
+            self.pins.remove_all()
+        } else {
+            self.pins.remove_maps()
+        }
     }
 }
 

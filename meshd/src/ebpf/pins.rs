@@ -1,12 +1,19 @@
 //! The pin folder `<bpffs>/meshd/<node>/{maps,links}`: maps are pinned so `bpftool` and
 //! operators can inspect them; links are pinned so the programs stay attached if the agent dies
 //! (a workload then fails closed — its redirected connections are refused — instead of going
-//! out in plaintext). A restarted agent adopts the stale links, attaches its own, and only then
-//! releases the old ones, so there is no moment with nothing attached.
+//! out in plaintext). A restarted agent adopts the stale links and releases a cgroup's old links
+//! only once it has attached its own to that cgroup, or once the cgroup is gone: there is no
+//! moment with nothing attached to a workload that still exists.
+//!
+//! The folder is locked (`flock`) for the agent's lifetime: a second agent for the same node
+//! name is refused instead of silently taking the first one's place.
 
 use std::{
-    fs,
+    collections::{BTreeMap, HashSet},
+    fs::{self, File},
+    os::fd::AsRawFd,
     path::{Path, PathBuf},
+    sync::Arc,
 };
 
 use aya::programs::links::PinnedLink;
@@ -24,11 +31,13 @@ pub struct PinDir {
     root: PathBuf,
     /// Tells this run's link pins from an earlier run's, which are released separately.
     run: String,
+    /// The folder, `flock`ed while this agent runs.
+    _lock: Arc<File>,
 }
 
-/// Links pinned by an earlier run of this node's agent, still attached.
+/// Links pinned by an earlier run of this node's agent, still attached, by cgroup id.
 #[derive(Debug, Default)]
-pub struct StaleLinks(Vec<PinnedLink>);
+pub struct StaleLinks(BTreeMap<u64, Vec<PinnedLink>>);
 
 impl PinDir {
     /// Makes sure `bpffs` is a mounted BPF filesystem (mounting it if nothing is mounted
@@ -40,24 +49,35 @@ impl PinDir {
             let dir = root.join(sub);
             fs::create_dir_all(&dir).map_err(|source| Error::Io { op: "create pin folder", path: dir, source })?;
         }
+        let lock = lock(&root, node)?;
         let since_epoch = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-        let dir = Self { root, run: format!("{}-{}", std::process::id(), since_epoch.as_millis()) };
+        let dir =
+            Self { root, run: format!("{}-{}", std::process::id(), since_epoch.as_millis()), _lock: Arc::new(lock) };
         for path in dir.entries("maps")? {
             warn!(pin = %path.display(), "removing stale map pin from an earlier run");
             fs::remove_file(&path).map_err(|source| Error::Io { op: "remove stale pin", path, source })?;
         }
         let mut stale = StaleLinks::default();
         for path in dir.entries("links")? {
-            match PinnedLink::from_pin(&path) {
-                Ok(link) => stale.0.push(link),
-                Err(e) => {
+            let cgroup_id = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.split('-').next())
+                .and_then(|id| id.parse::<u64>().ok());
+            match (cgroup_id, PinnedLink::from_pin(&path)) {
+                (Some(id), Ok(link)) => stale.0.entry(id).or_default().push(link),
+                (None, _) => {
+                    warn!(pin = %path.display(), "removing a link pin whose name carries no cgroup id");
+                    fs::remove_file(&path).map_err(|source| Error::Io { op: "remove stale pin", path, source })?;
+                }
+                (_, Err(e)) => {
                     warn!(pin = %path.display(), error = %e, "removing unreadable stale link pin");
                     fs::remove_file(&path).map_err(|source| Error::Io { op: "remove stale pin", path, source })?;
                 }
             }
         }
         if !stale.0.is_empty() {
-            info!(links = stale.0.len(), "adopted links of an earlier run; released once this run has attached");
+            info!(cgroups = stale.0.len(), "adopted links of an earlier run; released once this run has attached");
         }
         Ok((dir, stale))
     }
@@ -87,6 +107,14 @@ impl PinDir {
     }
 
     /// Removes every pin and the folder (clean shutdown).
+    /// Removes this run's map pins (a failed start: the maps die with the process).
+    pub fn remove_maps(&self) -> Result<(), Error> {
+        for path in self.entries("maps")? {
+            fs::remove_file(&path).map_err(|source| Error::Io { op: "remove map pin", path, source })?;
+        }
+        Ok(())
+    }
+
     pub fn remove_all(&self) -> Result<(), Error> {
         match fs::remove_dir_all(&self.root) {
             Ok(()) => Ok(()),
@@ -97,6 +125,7 @@ impl PinDir {
 }
 
 impl StaleLinks {
+    /// Cgroups with links of an earlier run.
     pub fn len(&self) -> usize {
         self.0.len()
     }
@@ -105,14 +134,54 @@ impl StaleLinks {
         self.0.is_empty()
     }
 
-    /// Unpins and drops the old links, detaching the old programs.
-    pub fn release(self) {
-        for link in self.0 {
+    /// Unpins and drops one cgroup's old links, detaching the old programs from it.
+    pub fn release_cgroup(&mut self, cgroup_id: u64) {
+        for link in self.0.remove(&cgroup_id).unwrap_or_default() {
             if let Err(e) = link.unpin() {
-                warn!(error = %e, "could not unpin a stale link");
+                warn!(cgroup_id, error = %e, "could not unpin a stale link");
             }
         }
     }
+
+    /// Releases the links of cgroups that no longer exist; keeps (pinned, so failing closed)
+    /// those of cgroups that still exist but were not enrolled again, with a warning.
+    pub fn release_gone(&mut self, existing: &HashSet<u64>) {
+        let ids: Vec<u64> = self.0.keys().copied().collect();
+        for id in ids {
+            if existing.contains(&id) {
+                warn!(
+                    cgroup_id = id,
+                    "a cgroup enrolled by an earlier run still exists but is not enrolled now: its \
+                      interception stays attached (meshed connections fail closed) until it is enrolled again"
+                );
+            } else {
+                self.release_cgroup(id);
+            }
+        }
+    }
+
+    /// Unpins every old link.
+    pub fn release_all(&mut self) {
+        let ids: Vec<u64> = self.0.keys().copied().collect();
+        for id in ids {
+            self.release_cgroup(id);
+        }
+    }
+}
+
+/// Locks the node's pin folder for this process's lifetime.
+fn lock(root: &Path, node: &str) -> Result<File, Error> {
+    let dir = File::open(root).map_err(|source| Error::Io { op: "open pin folder", path: root.into(), source })?;
+    // SAFETY: flock on a descriptor this function owns; no memory is passed.
+    let rc = unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(Error::Precondition(format!(
+            "another meshd agent is already running for node {node:?} (it holds {}): stop it first, or give this \
+             agent its own node name",
+            root.display()
+        )));
+    }
+    Ok(dir)
 }
 
 fn ensure_bpffs(path: &Path) -> Result<(), Error> {

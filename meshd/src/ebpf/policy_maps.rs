@@ -47,6 +47,17 @@ impl PolicyMaps {
     /// Installs a compiled policy as a new generation and retires the old one. Returns the
     /// new generation.
     pub fn install(&mut self, compiled: &Compiled) -> Result<u32, Error> {
+        // Two generations share each map during a swap.
+        let checks = [
+            ("policy endpoints", names::IDENTITIES, compiled.identities.len(), meshd_common::IDENTITY_CAPACITY),
+            ("policy verdicts", names::POLICY, compiled.verdicts.len(), meshd_common::POLICY_CAPACITY),
+        ];
+        for (what, map, count, capacity) in checks {
+            let capacity = capacity as usize / 2;
+            if count > capacity {
+                return Err(Error::Capacity { what, map, count, capacity });
+            }
+        }
         let next = self.generation.wrapping_add(1).max(1);
         let mut written = (Vec::new(), Vec::new());
         let result = (|| {

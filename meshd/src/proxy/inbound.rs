@@ -225,6 +225,9 @@ async fn move_data(
         };
         guard.flow.set_sockets(&[plain.as_fd(), tls_fd]);
     }
+    // Armed for a crash: if the agent dies, the kernel closes this socket with a reset, so the
+    // workload never mistakes a cut stream for a complete one. Disarmed on a clean end.
+    let _ = socket2::SockRef::from(&plain).set_linger(Some(std::time::Duration::ZERO));
     if agent.use_ktls() {
         let secrets = secrets.and_then(|log| {
             let (state, client) = match &tls {
@@ -243,8 +246,8 @@ async fn move_data(
     } else {
         let mut tls = tls;
         let reason = relay(&mut plain, &mut tls, Arc::clone(&guard.flow), agent.config.idle_timeout).await;
-        if reason.is_failure() {
-            reset_on_close(&plain);
+        if !reason.is_failure() {
+            let _ = socket2::SockRef::from(&plain).set_linger(None);
         }
         reason
     }

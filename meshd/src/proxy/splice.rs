@@ -102,7 +102,12 @@ pub async fn run(
         }
     };
     match (a, b) {
-        (Ok(End::Clean), Ok(End::Clean)) => CloseReason::Done,
+        (Ok(End::Clean), Ok(End::Clean)) => {
+            // A clean end: close the workload's socket normally (see the crash-time reset armed
+            // in the data phase).
+            let _ = socket2::SockRef::from(&*plain).set_linger(None);
+            CloseReason::Done
+        }
         (Ok(End::Fail(r)), _) | (_, Ok(End::Fail(r))) => r,
         _ => CloseReason::Error("splice thread vanished".into()),
     }

@@ -83,6 +83,10 @@ enum Cmd {
     Reset {
         addr: SocketAddr,
     },
+    /// Accepts one connection, reads it to the end, prints "eof BYTES" or "error KIND after BYTES".
+    Recv {
+        addr: SocketAddr,
+    },
 }
 
 fn main() -> Result<()> {
@@ -127,6 +131,26 @@ fn main() -> Result<()> {
             }
             println!("{} {bytes}", hex(&h.finalize()));
             Ok(())
+        }
+        Cmd::Recv { addr } => {
+            let listener = bind(addr)?;
+            println!("listening {addr}");
+            std::io::stdout().flush()?;
+            let (mut s, _) = listener.accept()?;
+            let (mut buf, mut total) = (vec![0u8; 1 << 16], 0u64);
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => {
+                        println!("eof {total}");
+                        return Ok(());
+                    }
+                    Ok(n) => total += n as u64,
+                    Err(e) => {
+                        println!("error {:?} after {total}", e.kind());
+                        return Ok(());
+                    }
+                }
+            }
         }
         Cmd::Reset { addr } => {
             let listener = bind(addr)?;
