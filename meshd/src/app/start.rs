@@ -55,7 +55,7 @@ impl Agent {
         let prepared = (|| -> Result<_, Error> {
             datapath.maps().set_prefixes(&prefixes(&config.mesh.destinations), &prefixes(&config.mesh.exclude))?;
             datapath.attach_getsockopt(&agent_cgroup)?;
-            Ok(enroll::identity_source(&config, &trust_domain)?)
+            enroll::identity_source(&config, &trust_domain)
         })();
         let identity = match prepared {
             Ok(identity) => identity,
