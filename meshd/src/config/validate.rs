@@ -23,10 +23,10 @@ impl Config {
             return Err(invalid("ports", "capture and inbound must be two different non-zero ports"));
         }
         match (&self.identity.dev_ca, &self.identity.files) {
-            (Some(ca), None) if ca.svid_ttl < std::time::Duration::from_secs(60) => {
+            (Some(ca), None) if ca.svid_ttl < std::time::Duration::from_secs(2) => {
                 return Err(invalid(
                     "identity.dev_ca.svid_ttl",
-                    "must be at least 1m (SVIDs renew at half their lifetime)",
+                    "must be at least 2s (SVIDs renew at half their lifetime)",
                 ));
             }
             (Some(_), None) | (None, Some(_)) => {}

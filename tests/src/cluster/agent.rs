@@ -105,15 +105,18 @@ impl Agent {
             cmd.env(k, v);
         }
         let child = cmd.spawn().expect("spawn meshd run");
-        let agent = Self { child: Some(child), node: node.clone(), config, config_path, log_path };
+        let mut agent = Self { child: Some(child), node: node.clone(), config, config_path, log_path };
         agent.wait_ready(Duration::from_secs(30));
         agent
     }
 
     /// Polls `meshd status --json` until the agent says it is ready.
-    pub fn wait_ready(&self, timeout: Duration) {
+    pub fn wait_ready(&mut self, timeout: Duration) {
         let start = Instant::now();
         loop {
+            if let Some(Ok(Some(exit))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("agent {} exited ({exit}) before it was ready; log:\n{}", self.node.name, self.log_tail(40));
+            }
             if let Some(status) = self.try_status() {
                 if status["ready"] == serde_json::Value::Bool(true) {
                     return;
