@@ -157,6 +157,12 @@ async fn authorize(
         let _ = respond(tls, Response::new(Status::BadRequest, reason.clone())).await;
         return Err(CloseReason::Refused { status: Status::BadRequest, reason });
     }
+    let own_ports = [agent.config.ports.capture, agent.config.ports.inbound];
+    if own_ports.contains(&dst.port()) {
+        let reason = format!("port {} is meshd's own; it is never a mesh destination", dst.port());
+        let _ = respond(tls, Response::new(Status::BadRequest, reason.clone())).await;
+        return Err(CloseReason::Refused { status: Status::BadRequest, reason });
+    }
     if let Err(reason) = agent.authorize_inbound(peer_id, workload, dst.port()) {
         let _ = respond(tls, Response::new(Status::Denied, reason.clone())).await;
         return Err(CloseReason::Refused { status: Status::Denied, reason });
