@@ -55,15 +55,20 @@ fn a_restarted_agent_re_enrolls_runtime_workloads_before_releasing_the_old_links
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let dst = format!("{}:8080", server.ip);
     assert_eq!(connect(&client, &dst).as_deref(), Ok("server"));
+    agent_a.wait_log("flow closed", 1, T);
     agent_a.kill();
     assert!(connect(&client, &dst).is_err(), "while the agent is dead the pod fails closed");
     let agent_a = Agent::start(&a, config_a, &o);
     assert_eq!(agent_a.status()["workloads"][0]["name"], "client", "the runtime-enrolled pod is enrolled again");
     assert_eq!(connect(&client, &dst).as_deref(), Ok("server"));
-    // The log file is shared with the first run, which logged one flow.
-    let log = agent_a.wait_log("flow closed", 2, Duration::from_secs(5));
-    assert!(log.contains("re-enrolled a workload"), "{}", agent_a.log_tail(20));
-    assert!(log.matches("flow closed").count() >= 2, "the connection after the restart went through the agent");
+    // The log file is shared with the first run, which logged one flow before it was killed.
+    let log = agent_a.wait_log("flow closed", 2, T);
+    let restarted = log.rfind("re-enrolled a workload").unwrap_or_else(|| panic!("{}", agent_a.log_tail(20)));
+    assert!(
+        log[restarted..].contains("flow closed"),
+        "the connection after the restart went through the agent: {}",
+        agent_a.log_tail(20)
+    );
 }
 
 #[test]
