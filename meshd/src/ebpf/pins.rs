@@ -14,6 +14,7 @@ use std::{
     os::fd::AsRawFd,
     path::{Path, PathBuf},
     sync::Arc,
+    time::{Duration, Instant},
 };
 
 use aya::programs::links::PinnedLink;
@@ -169,20 +170,32 @@ impl StaleLinks {
     }
 }
 
+/// How long a starting agent waits for a predecessor that is still exiting (or for a forked
+/// child that still holds the descriptor until its exec) to let go of the pin folder.
+const LOCK_WAIT: Duration = Duration::from_secs(3);
+
 /// Locks the node's pin folder for this process's lifetime.
 fn lock(root: &Path, node: &str) -> Result<File, Error> {
     let dir = File::open(root).map_err(|source| Error::Io { op: "open pin folder", path: root.into(), source })?;
+    let start = Instant::now();
     // SAFETY: flock on a descriptor this function owns; no memory is passed.
-    let rc = unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if rc != 0 {
-        return Err(Error::Precondition(format!(
-            "another meshd agent is already running for node {node:?} (it holds {}): stop it first, or give this \
-             agent its own node name",
-            root.display()
-        )));
+    while unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        if start.elapsed() >= LOCK_WAIT {
+            return Err(Error::Precondition(format!(
+                "another meshd agent is already running for node {node:?} (it holds {}): stop it first, or give \
+                 this agent its own node name",
+                root.display()
+            )));
+        }
+        if start.elapsed() < POLL {
+            info!(node, folder = %root.display(), "pin folder locked: waiting for the previous agent to exit");
+        }
+        std::thread::sleep(POLL);
     }
     Ok(dir)
 }
+
+const POLL: Duration = Duration::from_millis(50);
 
 fn ensure_bpffs(path: &Path) -> Result<(), Error> {
     if let Ok(fs) = statfs(path) {
