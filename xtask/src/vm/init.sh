@@ -17,11 +17,12 @@ fail() {
 	sleep 10
 }
 
-RUN= OUT=
+RUN= OUT= KEEP=
 for arg in $(cat /proc/cmdline); do
 	case "$arg" in
 	meshd.run=*) RUN="${arg#meshd.run=}" ;;
 	meshd.out=*) OUT="${arg#meshd.out=}" ;;
+	meshd.keep=*) KEEP="${arg#meshd.keep=}" ;;
 	esac
 done
 [ -n "$RUN" ] && [ -n "$OUT" ] || fail "meshd.run= or meshd.out= missing from the kernel command line"
@@ -38,6 +39,13 @@ mount -t overlay -o lowerdir=/host,upperdir=/rw/upper,workdir=/rw/work overlay /
 	|| fail "mounting the overlay root"
 
 R=/newroot
+# Host paths the run needs (a checkout under /tmp, say) that the guest's own /tmp, /run and /dev
+# would hide: moved aside, and back on top once those are mounted.
+n=0
+for p in $(echo "$KEEP" | tr ',' ' '); do
+	mkdir -p "/keep/$n" && mount --bind "$R$p" "/keep/$n" || fail "keeping $p visible"
+	n=$((n + 1))
+done
 mount -t proc proc $R/proc || fail "mounting /proc"
 mount -t sysfs sysfs $R/sys || fail "mounting /sys"
 mount -t devtmpfs devtmpfs $R/dev || fail "mounting /dev"
@@ -48,6 +56,11 @@ mount -t tmpfs -o mode=1777 tmpfs $R/tmp || fail "mounting /tmp"
 mount -t tmpfs -o mode=0755 tmpfs $R/run || fail "mounting /run"
 mount -t cgroup2 cgroup2 $R/sys/fs/cgroup || fail "mounting cgroup2"
 mount -t bpf bpf $R/sys/fs/bpf || fail "mounting bpffs"
+n=0
+for p in $(echo "$KEEP" | tr ',' ' '); do
+	mkdir -p "$R$p" && mount --move "/keep/$n" "$R$p" || fail "putting $p back"
+	n=$((n + 1))
+done
 mount -t tracefs tracefs $R/sys/kernel/tracing 2>/dev/null
 mount -t debugfs debugfs $R/sys/kernel/debug 2>/dev/null
 
@@ -57,6 +70,7 @@ mkdir -p "$R$OUT"
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 meshdout "$R$OUT" \
 	|| fail "mounting the writable out share at $OUT"
 
+[ -f "$R$RUN/guest.sh" ] || fail "$RUN/guest.sh is not visible in the guest"
 ip link set lo up
 hostname meshd-vm
 exec switch_root $R /bin/sh "$RUN/guest.sh"

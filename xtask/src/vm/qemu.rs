@@ -97,7 +97,8 @@ pub(super) fn boot(run: &VmRun, accel: Accel, run_dir: &Path) -> Result<VmOutcom
     cmd.arg("-kernel").arg(&run.kernel.vmlinux).arg("-initrd").arg(&initrd);
     cmd.arg("-append").arg(format!(
         "console=ttyS0 loglevel={loglevel} panic=-1 rdinit=/init cryptomgr.notests=1 \
-         meshd.run={run_s} meshd.out={out_s}"
+         meshd.run={run_s} meshd.out={out_s} meshd.keep={}",
+        hidden_in_guest(run, run_dir)?.join(",")
     ));
     for name in SERIALS {
         cmd.arg("-serial").arg(format!("file:{}/{name}", run_s));
@@ -163,6 +164,25 @@ pub(super) fn boot(run: &VmRun, accel: Accel, run_dir: &Path) -> Result<VmOutcom
         );
     }
     Ok(VmOutcome { exit_code: exit_code.unwrap_or(-1), console, output, duration, accel })
+}
+
+/// Where the guest mounts its own file systems over the host's tree.
+const GUEST_MOUNTS: [&str; 3] = ["/tmp", "/run", "/dev"];
+
+/// The host paths the run needs — the workspace, the run dir, the command's directory — that lie
+/// under a guest mount and so must be carried over it, outermost only.
+fn hidden_in_guest(run: &VmRun, run_dir: &Path) -> Result<Vec<String>> {
+    let program = run.command.first().map(Path::new).and_then(Path::parent).filter(|p| p.is_absolute());
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for p in [Some(workspace_root().as_path()), Some(run_dir), program].into_iter().flatten() {
+        let p = std::fs::canonicalize(p).with_context(|| format!("resolving {}", p.display()))?;
+        if GUEST_MOUNTS.iter().any(|m| p.starts_with(m)) {
+            paths.push(p);
+        }
+    }
+    paths.sort();
+    paths.dedup_by(|inner, outer| inner.starts_with(outer));
+    paths.iter().map(|p| check_plain_path(p).map(str::to_string)).collect()
 }
 
 /// `target/vm/run-N`, N the lowest free number (mkdir is the atomic claim).
