@@ -26,8 +26,15 @@ pub enum Error {
     Io { path: PathBuf, source: std::io::Error },
     #[error("the agent's answer over {path} is not valid: {source}")]
     Decode { path: PathBuf, source: serde_json::Error },
-    #[error("no admin socket given and {found} found under /run/meshd; pass --admin-socket or --node")]
+    #[error("no admin socket given and several found ({found}); pass --admin-socket or --node")]
     Ambiguous { found: String },
+    #[error(
+        "no meshd agent appears to be running: no admin socket under /run/meshd (start one with `meshd run`, or \
+         pass --admin-socket if it uses another path)"
+    )]
+    NoAgent,
+    #[error("--node {0:?}: a node name is 1-63 characters of a-z, 0-9, '-', '_' or '.'")]
+    BadNode(String),
     #[error("bind admin socket {path}: {source}")]
     Bind { path: PathBuf, source: std::io::Error },
     #[error(

@@ -55,6 +55,12 @@ pub enum Error {
     NotEnrolled { name: String },
     #[error("{source} — create the development CA first: `meshd ca init --dir {}`", dir.display())]
     NoCa { dir: PathBuf, source: crate::identity::Error },
+    #[error(
+        "{source} — restore the CA's files, or make a new CA (every SVID it issued stops being trusted): \
+         `meshd ca init --dir {} --force`",
+        dir.display()
+    )]
+    BadCa { dir: PathBuf, source: crate::identity::Error },
     #[error("kernel TLS is required (data_path: ktls) but unavailable: {0}")]
     KtlsRequired(String),
     #[error("install signal handlers: {0}")]
@@ -63,6 +69,10 @@ pub enum Error {
     Policy(#[from] crate::policy::Error),
     #[error("read policy {path}: {source}")]
     PolicyRead { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    PolicyRecord(String),
+    #[error("serve the admin listeners: they were already taken")]
+    ListenersTaken,
 }
 
 /// The running agent, shared by every task.
@@ -70,6 +80,8 @@ pub struct Agent {
     pub config: Config,
     pub trust_domain: TrustDomain,
     pub cgroup_root: PathBuf,
+    /// The agent's own cgroup (never enrolled, nor any cgroup above it).
+    agent_cgroup: PathBuf,
     pub flows: Arc<FlowTable>,
     pub ktls: KtlsSupport,
     pub metrics: Arc<Metrics>,
@@ -84,6 +96,17 @@ pub struct Agent {
     this: std::sync::OnceLock<std::sync::Weak<Agent>>,
     /// The authorization policy in force, and stable numbers for identities.
     policy: policy::PolicyState,
+    /// Runtime-enrolled workloads of the previous run that could not be enrolled again.
+    unrestored: Mutex<Vec<crate::config::WorkloadConfig>>,
+    /// The admin socket and HTTP listeners, bound at start (before anything is attached) and
+    /// served by [`Agent::serve`].
+    listeners: Mutex<Option<Listeners>>,
+}
+
+/// The admin listeners bound at start.
+struct Listeners {
+    admin: tokio::net::UnixListener,
+    http: Option<tokio::net::TcpListener>,
 }
 
 impl Agent {
@@ -91,8 +114,13 @@ impl Agent {
     /// SIGTERM or SIGINT, then shuts down.
     pub async fn serve(self: Arc<Self>) -> Result<(), Error> {
         let path = self.config.admin_socket();
-        let listener = crate::admin::server::bind(&path)?;
-        let http = observe::start_http(&self).await?;
+        let Listeners { admin: listener, http } = self
+            .listeners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+            .ok_or(Error::ListenersTaken)?;
+        let http = observe::serve_http(&self, http);
         let sampler = tokio::spawn(observe::sampler(Arc::downgrade(&self)));
         let reaper = tokio::spawn(enroll::reaper(Arc::downgrade(&self)));
         let admin = tokio::spawn(crate::admin::server::serve(listener, path.clone(), Arc::clone(&self)));

@@ -19,7 +19,7 @@ pub enum Error {
          exec`, /sys is remounted without it: run meshd in the node's namespace with nsenter --net instead"
     )]
     NoCgroup2,
-    #[error("cgroup {path} does not exist: create the workload's cgroup first (mkdir under {root})")]
+    #[error("cgroup {path} does not exist: create it first (mkdir under {root})")]
     Missing { path: PathBuf, root: PathBuf },
     #[error("{path} is not in a cgroup v2 hierarchy: give a path under {root}")]
     NotCgroup2 { path: PathBuf, root: PathBuf },

@@ -86,7 +86,7 @@ pub enum Error {
         reason: String,
     },
     /// `DevCa::init` found an existing CA and was not told to overwrite it.
-    #[error("initialize development CA in {}: ca.crt or ca.key already exists (pass force to overwrite)", dir.display())]
+    #[error("initialize development CA in {}: ca.crt or ca.key already exists (pass --force to overwrite)", dir.display())]
     CaExists {
         /// The CA directory.
         dir: PathBuf,

@@ -29,12 +29,9 @@ pub fn discover() -> Result<PathBuf, Error> {
         .unwrap_or_default();
     match found.as_slice() {
         [one] => Ok(one.clone()),
+        [] => Err(Error::NoAgent),
         _ => Err(Error::Ambiguous {
-            found: if found.is_empty() {
-                "none".into()
-            } else {
-                found.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
-            },
+            found: found.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", "),
         }),
     }
 }

@@ -27,7 +27,11 @@ impl Handler for Agent {
                 }
             }
             Request::PolicyApply { path, text } => match self.apply_policy(&path, &text) {
-                Ok(summary) => Response::ok(summary),
+                Ok(summary) => {
+                    // Kept over restarts, until the configured policy file is applied again.
+                    self.record_policy(Some(&super::state::PolicyRecord { source: path, text }));
+                    Response::ok(summary)
+                }
                 Err(e) => Response::err(format!("{e} (the previous policy stays in force)")),
             },
         }

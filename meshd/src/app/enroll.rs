@@ -17,7 +17,14 @@ use crate::{
 /// The identity source the configuration names.
 pub fn identity_source(config: &Config, td: &TrustDomain) -> Result<Arc<dyn IdentitySource>, Error> {
     if let Some(ca) = &config.identity.dev_ca {
-        let dev = DevCa::load(&ca.dir).map_err(|source| Error::NoCa { dir: ca.dir.clone(), source })?;
+        let dev = DevCa::load(&ca.dir).map_err(|source| {
+            let dir = ca.dir.clone();
+            if dir.join("ca.crt").exists() || dir.join("ca.key").exists() {
+                Error::BadCa { dir, source }
+            } else {
+                Error::NoCa { dir, source }
+            }
+        })?;
         let source = CaSource::start(dev, CaSourceConfig { ttl: ca.svid_ttl, ..CaSourceConfig::default() })?;
         return Ok(source);
     }
@@ -51,7 +58,23 @@ impl Agent {
         if let Some(other) = self.workloads().into_iter().find(|w| w.cgroup_id == cgroup_id) {
             return Err(fail(format!("cgroup {} is already enrolled as workload {}", cgroup.display(), other.name)));
         }
+        if cgroup == self.cgroup_root || self.agent_cgroup.starts_with(&cgroup) {
+            return Err(fail(format!(
+                "cgroup {} holds the agent's own cgroup {} (or is the cgroup root): its connections would be \
+                 intercepted too; enroll the pod's own cgroup",
+                cgroup.display(),
+                self.agent_cgroup.display()
+            )));
+        }
         let netns = Netns::open(&cfg.netns)?;
+        if let Some(other) = self.workloads().into_iter().find(|w| same_file(w.netns.path(), &cfg.netns)) {
+            return Err(fail(format!(
+                "network namespace {} is already served for workload {} (one workload per pod namespace: put the \
+                 pod's processes in one cgroup)",
+                cfg.netns.display(),
+                other.name
+            )));
+        }
         if let Some(files) = &self.config.identity.files {
             // The file source reads `<dir>/<workload>/{tls.crt,tls.key,ca.crt}`.
             self.identity.watch_identity(&spiffe_id, &files.dir.join(&cfg.name))?;
@@ -61,8 +84,9 @@ impl Agent {
         let server =
             crate::tls::server_config(Arc::clone(&self.identity), spiffe_id.clone(), self.trust_domain.clone())?;
         let ports = &self.config.ports;
-        let capture4 = netns.listen(SocketAddr::from(([127, 0, 0, 1], ports.capture)), AGENT_SOCKET_MARK)?;
-        let inbound4 = netns.listen(SocketAddr::from(([0, 0, 0, 0], ports.inbound)), AGENT_SOCKET_MARK)?;
+        let listen = |addr: SocketAddr| netns.listen(addr, AGENT_SOCKET_MARK).map_err(|e| fail(e.to_string()));
+        let capture4 = listen(SocketAddr::from(([127, 0, 0, 1], ports.capture)))?;
+        let inbound4 = listen(SocketAddr::from(([0, 0, 0, 0], ports.inbound)))?;
         let capture6 = optional_v6(&netns, &format!("[::1]:{}", ports.capture), &cfg.name);
         let inbound6 = optional_v6(&netns, &format!("[::]:{}", ports.inbound), &cfg.name);
         let cookie = netns_cookie(&capture4)?;
@@ -106,6 +130,7 @@ impl Agent {
         self.workloads.write().unwrap_or_else(std::sync::PoisonError::into_inner).insert(Arc::clone(&workload));
         // The new workload is a source of connect-time verdicts.
         self.reinstall_policy()?;
+        self.unrestored().retain(|u| u.name != cfg.name);
         self.save_state();
         info!(workload = %workload.name, spiffe_id = %workload.spiffe_id, cgroup = %cgroup.display(),
               netns = %cfg.netns.display(), ipv6, "workload enrolled");
@@ -115,6 +140,9 @@ impl Agent {
     /// Unenrolls a workload: its programs are detached first (it connects directly again),
     /// then its listeners stop. Flows already running go on until they end.
     pub fn unenroll(&self, name: &str) -> Result<(), Error> {
+        if self.forget_unrestored(name) {
+            return Ok(());
+        }
         let w = self
             .workloads
             .read()
@@ -131,6 +159,22 @@ impl Agent {
         self.save_state();
         info!(workload = %name, "workload unenrolled");
         Ok(())
+    }
+}
+
+impl Agent {
+    /// Unenrolls a workload the previous run had enrolled and this start could not: releases the
+    /// earlier run's links on its cgroup and forgets it. False if `name` is not such a workload.
+    fn forget_unrestored(&self, name: &str) -> bool {
+        let Some(pos) = self.unrestored().iter().position(|u| u.name == name) else { return false };
+        let w = self.unrestored().remove(pos);
+        let id = crate::cgroup::resolve(&self.cgroup_root, &w.cgroup).and_then(|c| crate::cgroup::cgroup_id(&c));
+        if let (Ok(id), Some(dp)) = (id, self.lock_datapath().as_mut()) {
+            dp.release_earlier(id);
+        }
+        self.save_state();
+        info!(workload = %name, cgroup = %w.cgroup.display(), "unenrolled a workload this start had not restored");
+        true
     }
 }
 
@@ -197,5 +241,14 @@ pub(super) async fn reaper(agent: std::sync::Weak<Agent>) {
                 }
             }
         }
+    }
+}
+
+/// Whether two paths name the same file (two names of one network namespace, say).
+fn same_file(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
     }
 }

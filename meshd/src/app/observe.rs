@@ -141,9 +141,13 @@ pub(super) async fn sampler(agent: std::sync::Weak<Agent>) {
 }
 
 /// Serves the admin HTTP listener, if configured.
-pub(super) async fn start_http(agent: &Arc<Agent>) -> Result<Option<tokio::task::JoinHandle<()>>, super::Error> {
-    let Some(addr) = agent.config.admin.http else { return Ok(None) };
-    let listener = crate::admin::http::bind(addr).await?;
-    tracing::info!(%addr, "admin HTTP listening (/metrics, /healthz, /readyz)");
-    Ok(Some(tokio::spawn(crate::admin::http::serve(listener, Arc::clone(agent)))))
+pub(super) fn serve_http(
+    agent: &Arc<Agent>,
+    listener: Option<tokio::net::TcpListener>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let listener = listener?;
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "admin HTTP listening (/metrics, /healthz, /readyz)");
+    }
+    Some(tokio::spawn(crate::admin::http::serve(listener, Arc::clone(agent))))
 }

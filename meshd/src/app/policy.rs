@@ -37,6 +37,8 @@ pub struct PolicyState {
     /// A policy was applied; before that the kernel has no verdicts (generation 0: every meshed
     /// connection proceeds and the destination agent decides).
     loaded: AtomicBool,
+    /// Where the policy in force came from (a file, or what `meshd policy apply` named).
+    source: RwLock<Option<String>>,
     numbers: Mutex<HashMap<IdentityKey, u32>>,
     /// Connect-time denials already exported, per (source, destination) number.
     exported: Mutex<HashMap<(u32, u32), u64>>,
@@ -78,6 +80,14 @@ impl Agent {
         }
     }
 
+    pub fn policy_loaded(&self) -> bool {
+        self.policy.loaded.load(Ordering::SeqCst)
+    }
+
+    pub fn policy_source(&self) -> Option<String> {
+        self.policy.source.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
     pub fn current_policy(&self) -> Arc<Policy> {
         Arc::clone(&self.policy.current.read().unwrap_or_else(std::sync::PoisonError::into_inner))
     }
@@ -94,6 +104,7 @@ impl Agent {
         let (generation, entries, deferred) = self.install(&policy)?;
         *self.policy.current.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(policy);
         self.policy.loaded.store(true, Ordering::SeqCst);
+        *self.policy.source.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(path.to_string());
         let cut = self.cut_denied_flows();
         let p = self.current_policy();
         info!(
@@ -116,7 +127,10 @@ impl Agent {
     pub fn reload_policy(&self) {
         match &self.config.policy {
             Some(path) => match self.apply_policy_file(path) {
-                Ok(_) => info!(path = %path.display(), "policy reloaded"),
+                Ok(_) => {
+                    self.record_policy(None);
+                    info!(path = %path.display(), "policy reloaded")
+                }
                 Err(e) => warn!(error = %e, "policy reload failed; the previous policy stays in force"),
             },
             None => info!("SIGHUP: no policy file configured"),

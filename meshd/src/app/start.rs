@@ -52,6 +52,17 @@ impl Agent {
             bpffs: config.bpffs.clone(),
             object: ebpf_object,
         })?;
+        // The admin listeners before anything is attached: a port in use must not leave
+        // workloads closed behind an agent that never ran.
+        let listeners = match bind_listeners(&config).await {
+            Ok(l) => l,
+            Err(e) => {
+                if let Err(cleanup) = datapath.abandon() {
+                    warn!(error = %cleanup, "cleaning up after the failed start");
+                }
+                return Err(e);
+            }
+        };
         let prepared = (|| -> Result<_, Error> {
             datapath.maps().set_prefixes(&prefixes(&config.mesh.destinations), &prefixes(&config.mesh.exclude))?;
             datapath.attach_getsockopt(&agent_cgroup)?;
@@ -63,6 +74,7 @@ impl Agent {
                 if let Err(cleanup) = datapath.abandon() {
                     warn!(error = %cleanup, "cleaning up after the failed start");
                 }
+                let _ = std::fs::remove_file(config.admin_socket());
                 return Err(e);
             }
         };
@@ -75,6 +87,7 @@ impl Agent {
             config,
             trust_domain,
             cgroup_root,
+            agent_cgroup,
             flows,
             ktls,
             metrics,
@@ -86,6 +99,8 @@ impl Agent {
             ready: Default::default(),
             this: std::sync::OnceLock::new(),
             policy: PolicyState::default(),
+            unrestored: Mutex::new(Vec::new()),
+            listeners: Mutex::new(Some(listeners)),
         });
         let _ = agent.this.set(Arc::downgrade(&agent));
         if let Err(e) = agent.enroll_at_start().await {
@@ -100,11 +115,27 @@ impl Agent {
         Ok(agent)
     }
 
-    /// The policy, the configured workloads (a failure stops the start), then the workloads the
-    /// previous run had enrolled at runtime (one that is gone is dropped with a warning).
+    /// The policy (the configured file, else the one applied at runtime before the restart), the
+    /// configured workloads (a failure stops the start), then the workloads the previous run had
+    /// enrolled at runtime (one whose cgroup or namespace is gone is dropped with a warning; one
+    /// that fails otherwise stays recorded, its cgroup closed, and is retried at the next start).
     async fn enroll_at_start(self: &Arc<Self>) -> Result<(), Error> {
+        let record = self.policy_record_path();
         if let Some(path) = self.config.policy.clone() {
             self.apply_policy_file(&path)?;
+            if record.exists() {
+                warn!(file = %path.display(), "the policy applied at runtime before the restart is replaced by the \
+                       configured policy file");
+            }
+            self.record_policy(None);
+        } else if let Some(r) = state::load_policy(&record).map_err(Error::PolicyRecord)? {
+            self.apply_policy(&r.source, &r.text).map_err(|e| {
+                Error::PolicyRecord(format!(
+                    "re-apply the policy applied at runtime before the restart (recorded in {}): {e}",
+                    record.display()
+                ))
+            })?;
+            info!(source = %r.source, "re-applied the policy applied at runtime before the restart");
         }
         for w in self.config.workloads.clone() {
             self.enroll(w).await?;
@@ -114,11 +145,18 @@ impl Agent {
             if configured.contains(&w.name.as_str()) {
                 continue;
             }
-            let name = w.name.clone();
+            let (name, w_cgroup, w_netns, w_copy) = (w.name.clone(), w.cgroup.clone(), w.netns.clone(), w.clone());
             match self.enroll(w).await {
                 Ok(_) => info!(workload = %name, "re-enrolled a workload the previous run had enrolled"),
+                Err(e) if self.cgroup_root.join(&w_cgroup).exists() && w_netns.exists() => {
+                    warn!(workload = %name, cgroup = %w_cgroup.display(), error = %e,
+                          "could not enroll again a workload the previous run had enrolled: its cgroup stays closed \
+                           until it is enrolled (retried at the next start) or unenrolled");
+                    self.unrestored().push(w_copy);
+                }
                 Err(e) => {
-                    warn!(workload = %name, error = %e, "a workload the previous run had enrolled is gone; dropped")
+                    warn!(workload = %name, cgroup = %w_cgroup.display(), error = %e,
+                          "a workload the previous run had enrolled is gone; dropped")
                 }
             }
         }
@@ -128,6 +166,8 @@ impl Agent {
 
     /// A failed start: detach this run's programs, keep an earlier run's, remove our pins.
     fn abandon(&self) {
+        drop(self.listeners.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take());
+        let _ = std::fs::remove_file(self.config.admin_socket());
         for w in self.workloads() {
             w.stop_listeners();
         }
@@ -137,4 +177,20 @@ impl Agent {
             }
         }
     }
+}
+
+/// Binds the admin socket and, if configured, the admin HTTP listener.
+async fn bind_listeners(config: &Config) -> Result<super::Listeners, Error> {
+    let admin = crate::admin::server::bind(&config.admin_socket())?;
+    let http = match config.admin.http {
+        Some(addr) => match crate::admin::http::bind(addr).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                let _ = std::fs::remove_file(config.admin_socket());
+                return Err(e.into());
+            }
+        },
+        None => None,
+    };
+    Ok(super::Listeners { admin, http })
 }

@@ -91,6 +91,14 @@ impl Agent {
             "pins": pins,
             "programs": meshd_common::program_names::ALL,
             "workloads": workloads,
+            "unrestored_workloads": self.unrestored().iter().map(|w| json!({
+                "name": w.name, "cgroup": w.cgroup.display().to_string(),
+            })).collect::<Vec<_>>(),
+            "policy": {
+                "loaded": self.policy_loaded(),
+                "source": self.policy_source(),
+                "policies": self.current_policy().policies.len(),
+            },
             "flows": flows,
             "ebpf": { "counters": counters, "flow_entries": flow_entries },
             "observability": {

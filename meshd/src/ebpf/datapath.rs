@@ -175,6 +175,11 @@ impl Datapath {
         }
     }
 
+    /// Releases the links an earlier run left on one cgroup (its workload is unenrolled).
+    pub fn release_earlier(&mut self, cgroup_id: u64) {
+        self.stale.release_cgroup(cgroup_id);
+    }
+
     /// Detaches everything, an earlier run's links included, and removes the pins (uninstall).
     pub fn shutdown(mut self) -> Result<(), Error> {
         let ids: Vec<u64> = self.attached.keys().copied().collect();
