@@ -123,3 +123,48 @@ fn a_policy_applied_at_runtime_survives_agent_restarts() {
     }
     denied(&m);
 }
+
+/// A runtime-enrolled pod that a restarted agent cannot enroll again (something holds its
+/// capture port) stays recorded and closed, is listed in status, is enrolled by the next start
+/// that can, and `meshd unenroll` forgets it and gives it back its direct path.
+#[test]
+fn a_workload_that_cannot_be_enrolled_again_stays_recorded_until_enrolled_or_unenrolled() {
+    let mut c = Cluster::new("start-unrestored");
+    let (a, _b) = (c.add_node("a"), c.add_node("b"));
+    let (pod, server) = (c.add_pod("a", "pod"), c.add_pod("b", "server"));
+    let mut serve = server.command(paths::bin("testkit"));
+    serve.args(["serve", "0.0.0.0:8080", "--name", "server"]);
+    let _srv = procs::spawn_ready(serve, "server", "listening");
+    let dst = format!("{}:8080", server.ip);
+    let o = AgentOptions::default();
+    let config = Agent::config(&c, &a, &[], &o);
+    let mut agent = Agent::start(&a, config.clone(), &o);
+    enroll(&agent, &pod, "pod", &pod.cgroup.display().to_string()).expect("runtime enrollment");
+    let record = config.admin_socket().with_file_name(format!("{}-workloads.json", config.node));
+    let squat = || {
+        let mut cmd = pod.command(paths::bin("testkit"));
+        cmd.args(["serve", &format!("127.0.0.1:{}", config.ports.capture), "--name", "squatter"]);
+        procs::spawn_ready(cmd, "squatter", "listening")
+    };
+    for round in 0..2 {
+        agent.stop();
+        let squatter = squat();
+        agent = Agent::start(&a, config.clone(), &o);
+        let status = agent.status();
+        assert_eq!(status["unrestored_workloads"][0]["name"], "pod", "round {round}: {status}");
+        assert!(std::fs::read_to_string(&record).expect("record").contains("\"pod\""), "round {round}");
+        drop(squatter);
+        if round == 0 {
+            agent.stop();
+            agent = Agent::start(&a, config.clone(), &o);
+            assert_eq!(agent.status()["workloads"][0]["name"], "pod", "the next start enrolls it");
+            // Intercepted again: node b runs no agent, so the meshed connection fails closed.
+            assert!(connect(&pod, &dst).is_err(), "the pod is meshed, not direct");
+        }
+    }
+    let out = agent.meshctl(&["unenroll", "--name", "pod"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(agent.status()["unrestored_workloads"].as_array().map(Vec::len), Some(0));
+    assert!(!std::fs::read_to_string(&record).expect("record").contains("\"pod\""));
+    assert_eq!(connect(&pod, &dst).as_deref(), Ok("server"), "direct again");
+}
