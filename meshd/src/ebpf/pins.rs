@@ -55,7 +55,7 @@ impl PinDir {
         let dir =
             Self { root, run: format!("{}-{}", std::process::id(), since_epoch.as_millis()), _lock: Arc::new(lock) };
         for path in dir.entries("maps")? {
-            warn!(pin = %path.display(), "removing stale map pin from an earlier run");
+            info!(pin = %path.display(), "replacing a map pin of an earlier run");
             fs::remove_file(&path).map_err(|source| Error::Io { op: "remove stale pin", path, source })?;
         }
         let mut stale = StaleLinks::default();

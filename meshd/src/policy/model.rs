@@ -59,7 +59,9 @@ pub struct Default {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
+    #[serde(alias = "ALLOW")]
     Allow,
+    #[serde(alias = "DENY")]
     Deny,
 }
 

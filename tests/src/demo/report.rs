@@ -132,7 +132,12 @@ impl Report {
         let tls: Vec<String> =
             self.wire_tls.iter().map(|h| format!("{} on port {}", h.version, h.server_port)).collect();
         let _ = writeln!(s, "  identities  {} -> {}", self.source_identity, self.destination_identity);
-        let _ = writeln!(s, "  data path   {}  (wire: {})", self.data_path, tls.join(", "));
+        let why = if self.data_path == "userspace" {
+            "; this kernel has no kernel TLS, so rustls encrypts in the agent — `cargo xtask vm-test` shows the kTLS path"
+        } else {
+            ""
+        };
+        let _ = writeln!(s, "  data path   {}  (wire: {}{why})", self.data_path, tls.join(", "));
         let _ = writeln!(
             s,
             "  frames      video {}/{}, audio {}/{}; framemd5 of decoded frames identical: {}",
@@ -154,7 +159,7 @@ impl Report {
         let z = &self.sizes;
         let _ = writeln!(
             s,
-            "  bytes       sent {}, through agent a {}, agent b {}, received file {}",
+            "  bytes       sent {}, through agent a {}, agent b {}, received file {} (ffmpeg re-muxes what it receives)",
             mb(z.sent_file),
             mb(z.through_agent_a),
             mb(z.through_agent_b),
