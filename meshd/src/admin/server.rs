@@ -23,7 +23,9 @@ pub trait Handler: Send + Sync + 'static {
 /// Binds the admin socket at `path` (replacing a stale one), mode 0600 in a 0700 folder.
 pub fn bind(path: &Path) -> Result<UnixListener, Error> {
     let bind_err = |source| Error::Bind { path: path.into(), source };
-    if let Some(dir) = path.parent() {
+    // A folder meshd creates is its own (0700); one that exists is left as it is (the socket
+    // itself is 0600).
+    if let Some(dir) = path.parent().filter(|d| !d.exists()) {
         std::fs::create_dir_all(dir).map_err(bind_err)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(bind_err)?;
     }
