@@ -1,6 +1,6 @@
 //! The agent's local admin socket: a Unix socket speaking one JSON request and one JSON
 //! response per connection. `meshd status`, `enroll`, `unenroll` and `policy apply` are clients.
-//! Only root can connect (the socket is created mode 0600 in a 0700 folder).
+//! Only root can connect (the socket is created mode 0600; a folder meshd creates for it is 0700).
 
 pub mod client;
 pub mod http;
