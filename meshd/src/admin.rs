@@ -33,7 +33,7 @@ pub enum Error {
          pass --admin-socket if it uses another path)"
     )]
     NoAgent,
-    #[error("--node {0:?}: a node name is 1-63 characters of a-z, 0-9, '-', '_' or '.'")]
+    #[error("--node {0:?}: a node name is {rule}", rule = crate::config::NAME_RULE)]
     BadNode(String),
     #[error("bind admin socket {path}: {source}")]
     Bind { path: PathBuf, source: std::io::Error },

@@ -155,9 +155,7 @@ impl AdminArgs {
     pub fn socket(&self) -> Result<PathBuf, crate::admin::Error> {
         match (&self.admin_socket, &self.node) {
             (Some(p), _) => Ok(p.clone()),
-            (None, Some(node)) if !crate::config::valid_name(node) || node.starts_with('.') => {
-                Err(crate::admin::Error::BadNode(node.clone()))
-            }
+            (None, Some(node)) if !crate::config::valid_name(node) => Err(crate::admin::Error::BadNode(node.clone())),
             (None, Some(node)) => Ok(crate::config::default_admin_socket(node)),
             (None, None) => crate::admin::client::discover(),
         }

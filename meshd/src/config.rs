@@ -19,7 +19,7 @@
 mod types;
 mod validate;
 
-pub use validate::{check_spiffe_id, valid_name};
+pub use validate::{check_spiffe_id, valid_name, NAME_RULE};
 
 use std::path::{Path, PathBuf};
 

@@ -193,6 +193,15 @@ impl Node {
     pub fn run_dir(&self) -> &Path {
         &self.run_dir
     }
+
+    /// `meshd run` on the node with `config` written to `path`, to its end (for starts that
+    /// must fail).
+    pub fn run_agent_to_end(&self, config: &meshd::config::Config, path: &Path) -> std::process::Output {
+        std::fs::write(path, serde_yaml::to_string(config).expect("serialize config")).expect("write config");
+        let mut cmd = self.command(paths::bin("meshd"));
+        cmd.args(["run", "--config"]).arg(path);
+        crate::procs::run(cmd, "meshd run", std::time::Duration::from_secs(30))
+    }
 }
 
 impl Pod {
@@ -203,6 +212,19 @@ impl Pod {
     /// A command run inside the pod (its namespace and cgroup).
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         command_in(&self.netns_path(), &self.cgroup, program)
+    }
+
+    /// `testkit connect addr` from the pod (3 s connect timeout): the server's answer, or the
+    /// client's error output.
+    pub fn connect(&self, addr: &str) -> Result<String, String> {
+        let mut cmd = self.command(paths::bin("testkit"));
+        cmd.args(["connect", addr, "--timeout-secs", "3"]);
+        let out = crate::procs::run(cmd, "client", std::time::Duration::from_secs(30));
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
     }
 
     /// The pod's SPIFFE ID in the conventional Kubernetes form (namespace "media", service

@@ -77,14 +77,7 @@ impl Mesh {
 
     /// `testkit connect` from `from` to `to:port`: Ok(answer) or Err(stderr).
     pub fn connect(&self, from: &str, to: &str, port: u16) -> Result<String, String> {
-        let mut cmd = self.pod(from).command(paths::bin("testkit"));
-        cmd.args(["connect", &format!("{}:{port}", self.pod(to).ip), "--timeout-secs", "3"]);
-        let out = procs::run(cmd, "client", T);
-        if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
+        self.pod(from).connect(&format!("{}:{port}", self.pod(to).ip))
     }
 }
 

@@ -17,15 +17,6 @@ fn testkit(pod: &Pod, args: &[&str]) -> std::process::Command {
     cmd
 }
 
-fn connect(pod: &Pod, addr: &str) -> Result<String, String> {
-    let out = procs::run(testkit(pod, &["connect", addr, "--timeout-secs", "3"]), "client", T);
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
 fn enroll(agent: &Agent, c: &Cluster, pod: &Pod, name: &str, cgroup: &str) -> std::process::Output {
     agent.meshctl(&[
         "enroll",
@@ -54,13 +45,13 @@ fn a_restarted_agent_re_enrolls_runtime_workloads_before_releasing_the_old_links
     let out = enroll(&agent_a, &c, &client, "client", &client.cgroup.display().to_string());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let dst = format!("{}:8080", server.ip);
-    assert_eq!(connect(&client, &dst).as_deref(), Ok("server"));
+    assert_eq!(client.connect(&dst).as_deref(), Ok("server"));
     agent_a.wait_log("flow closed", 1, T);
     agent_a.kill();
-    assert!(connect(&client, &dst).is_err(), "while the agent is dead the pod fails closed");
+    assert!(client.connect(&dst).is_err(), "while the agent is dead the pod fails closed");
     let agent_a = Agent::start(&a, config_a, &o);
     assert_eq!(agent_a.status()["workloads"][0]["name"], "client", "the runtime-enrolled pod is enrolled again");
-    assert_eq!(connect(&client, &dst).as_deref(), Ok("server"));
+    assert_eq!(client.connect(&dst).as_deref(), Ok("server"));
     // The log file is shared with the first run, which logged one flow before it was killed.
     let log = agent_a.wait_log("flow closed", 2, T);
     let restarted = log.rfind("re-enrolled a workload").unwrap_or_else(|| panic!("{}", agent_a.log_tail(20)));
@@ -87,11 +78,7 @@ fn one_cgroup_cannot_be_enrolled_twice_and_a_second_agent_for_a_node_is_refused(
     let mut second = Agent::config(&c, &a, &[], &o);
     second.admin.socket = Some(c.run_dir().join("second.sock"));
     second.admin.http = None;
-    let path = c.run_dir().join("second.yaml");
-    std::fs::write(&path, serde_yaml::to_string(&second).expect("yaml")).expect("write");
-    let mut cmd = a.command(paths::bin("meshd"));
-    cmd.args(["run", "--config"]).arg(&path);
-    let out = procs::run(cmd, "second agent", T);
+    let out = a.run_agent_to_end(&second, &c.run_dir().join("second.yaml"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("another meshd agent is already running"), "{err}");

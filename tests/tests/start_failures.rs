@@ -1,22 +1,7 @@
 //! Privileged: a start that fails, and enrollments that must be refused, leave every other
 //! workload as it was — nothing attached behind an agent that never ran, no record overwritten.
 
-use std::time::Duration;
-
 use meshd_tests::{cluster::AgentOptions, paths, policy_mesh::Mesh, procs, Agent, Cluster, Pod};
-
-const T: Duration = Duration::from_secs(30);
-
-fn connect(pod: &Pod, addr: &str) -> Result<String, String> {
-    let mut cmd = pod.command(paths::bin("testkit"));
-    cmd.args(["connect", addr, "--timeout-secs", "3"]);
-    let out = procs::run(cmd, "client", T);
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
 
 fn enroll(agent: &Agent, pod: &Pod, name: &str, cgroup: &str) -> Result<String, String> {
     let netns = pod.netns_path().display().to_string();
@@ -50,11 +35,7 @@ fn a_start_that_fails_at_its_admin_listeners_attaches_nothing_and_overwrites_no_
     let mut second = Agent::config(&c, &a, &[&p2], &o);
     second.node = format!("{}-2", agent.config.node);
     second.admin.socket = Some(agent.config.admin_socket().with_file_name("second.sock"));
-    let path = c.run_dir().join("second.yaml");
-    std::fs::write(&path, serde_yaml::to_string(&second).expect("yaml")).expect("write");
-    let mut cmd = a.command(paths::bin("meshd"));
-    cmd.args(["run", "--config"]).arg(&path);
-    let out = procs::run(cmd, "second agent", T);
+    let out = a.run_agent_to_end(&second, &c.run_dir().join("second.yaml"));
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("bind the admin HTTP listener"), "{err}");
@@ -62,7 +43,7 @@ fn a_start_that_fails_at_its_admin_listeners_attaches_nothing_and_overwrites_no_
     let pins = std::path::Path::new("/sys/fs/bpf/meshd").join(&second.node);
     assert!(!pins.exists(), "the failed start left pins in {}", pins.display());
     assert!(!second.admin_socket().exists(), "the failed start left its admin socket");
-    assert_eq!(connect(&p2, &format!("{}:8080", server.ip)).as_deref(), Ok("server"), "p2 is not intercepted");
+    assert_eq!(p2.connect(&format!("{}:8080", server.ip)).as_deref(), Ok("server"), "p2 is not intercepted");
     assert_eq!(std::fs::read_to_string(&record).expect("record"), before, "agent a's record is untouched");
     assert_eq!(agent.status()["workloads"][0]["name"], "p1");
 }
@@ -159,12 +140,12 @@ fn a_workload_that_cannot_be_enrolled_again_stays_recorded_until_enrolled_or_une
             agent = Agent::start(&a, config.clone(), &o);
             assert_eq!(agent.status()["workloads"][0]["name"], "pod", "the next start enrolls it");
             // Intercepted again: node b runs no agent, so the meshed connection fails closed.
-            assert!(connect(&pod, &dst).is_err(), "the pod is meshed, not direct");
+            assert!(pod.connect(&dst).is_err(), "the pod is meshed, not direct");
         }
     }
     let out = agent.meshctl(&["unenroll", "--name", "pod"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(agent.status()["unrestored_workloads"].as_array().map(Vec::len), Some(0));
     assert!(!std::fs::read_to_string(&record).expect("record").contains("\"pod\""));
-    assert_eq!(connect(&pod, &dst).as_deref(), Ok("server"), "direct again");
+    assert_eq!(pod.connect(&dst).as_deref(), Ok("server"), "direct again");
 }

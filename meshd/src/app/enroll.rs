@@ -46,7 +46,7 @@ impl Agent {
     pub async fn enroll(self: &Arc<Self>, cfg: WorkloadConfig) -> Result<Arc<Workload>, Error> {
         let fail = |message: String| Error::Enroll { name: cfg.name.clone(), message };
         if !crate::config::valid_name(&cfg.name) {
-            return Err(fail("the name must be 1-63 characters of a-z, 0-9, '-', '_' or '.'".into()));
+            return Err(fail(format!("the name must be {}", crate::config::NAME_RULE)));
         }
         crate::config::check_spiffe_id(&cfg.spiffe_id, &self.config.trust_domain).map_err(&fail)?;
         if self.workloads.read().unwrap_or_else(std::sync::PoisonError::into_inner).by_name(&cfg.name).is_some() {
@@ -166,8 +166,11 @@ impl Agent {
     /// Unenrolls a workload the previous run had enrolled and this start could not: releases the
     /// earlier run's links on its cgroup and forgets it. False if `name` is not such a workload.
     fn forget_unrestored(&self, name: &str) -> bool {
-        let Some(pos) = self.unrestored().iter().position(|u| u.name == name) else { return false };
-        let w = self.unrestored().remove(pos);
+        let w = {
+            let mut unrestored = self.unrestored();
+            let Some(pos) = unrestored.iter().position(|u| u.name == name) else { return false };
+            unrestored.remove(pos)
+        };
         let id = crate::cgroup::resolve(&self.cgroup_root, &w.cgroup).and_then(|c| crate::cgroup::cgroup_id(&c));
         if let (Ok(id), Some(dp)) = (id, self.lock_datapath().as_mut()) {
             dp.release_earlier(id);

@@ -145,19 +145,19 @@ impl Agent {
             if configured.contains(&w.name.as_str()) {
                 continue;
             }
-            let (name, w_cgroup, w_netns, w_copy) = (w.name.clone(), w.cgroup.clone(), w.netns.clone(), w.clone());
-            match self.enroll(w).await {
-                Ok(_) => info!(workload = %name, "re-enrolled a workload the previous run had enrolled"),
-                Err(e) if self.cgroup_root.join(&w_cgroup).exists() && w_netns.exists() => {
-                    warn!(workload = %name, cgroup = %w_cgroup.display(), error = %e,
-                          "could not enroll again a workload the previous run had enrolled: its cgroup stays closed \
-                           until it is enrolled (retried at the next start) or unenrolled");
-                    self.unrestored().push(w_copy);
-                }
-                Err(e) => {
-                    warn!(workload = %name, cgroup = %w_cgroup.display(), error = %e,
-                          "a workload the previous run had enrolled is gone; dropped")
-                }
+            let (name, cgroup) = (w.name.clone(), w.cgroup.clone());
+            let Err(e) = self.enroll(w.clone()).await else {
+                info!(workload = %name, "re-enrolled a workload the previous run had enrolled");
+                continue;
+            };
+            if crate::cgroup::resolve(&self.cgroup_root, &cgroup).is_ok() && w.netns.exists() {
+                warn!(workload = %name, cgroup = %cgroup.display(), error = %e,
+                      "could not enroll again a workload the previous run had enrolled: its cgroup stays closed \
+                       until it is enrolled (retried at the next start) or unenrolled");
+                self.unrestored().push(w);
+            } else {
+                warn!(workload = %name, cgroup = %cgroup.display(), error = %e,
+                      "a workload the previous run had enrolled is gone; dropped");
             }
         }
         self.save_state();
@@ -179,18 +179,13 @@ impl Agent {
     }
 }
 
-/// Binds the admin socket and, if configured, the admin HTTP listener.
+/// Binds the admin HTTP listener, if configured, then the admin socket (last: the only one that
+/// leaves a file behind).
 async fn bind_listeners(config: &Config) -> Result<super::Listeners, Error> {
-    let admin = crate::admin::server::bind(&config.admin_socket())?;
     let http = match config.admin.http {
-        Some(addr) => match crate::admin::http::bind(addr).await {
-            Ok(l) => Some(l),
-            Err(e) => {
-                let _ = std::fs::remove_file(config.admin_socket());
-                return Err(e.into());
-            }
-        },
+        Some(addr) => Some(crate::admin::http::bind(addr).await?),
         None => None,
     };
+    let admin = crate::admin::server::bind(&config.admin_socket())?;
     Ok(super::Listeners { admin, http })
 }

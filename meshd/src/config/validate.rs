@@ -14,7 +14,7 @@ fn invalid(field: impl Into<String>, message: impl Into<String>) -> Invalid {
 impl Config {
     pub fn validate(&self) -> Result<(), Invalid> {
         if !valid_name(&self.node) {
-            return Err(invalid("node", "must be 1-63 characters of a-z, 0-9, '-', '_' or '.'"));
+            return Err(invalid("node", format!("must be {NAME_RULE}")));
         }
         if !valid_trust_domain(&self.trust_domain) {
             return Err(invalid("trust_domain", "must be a SPIFFE trust domain: lowercase a-z, 0-9, '.', '-', '_'"));
@@ -57,7 +57,7 @@ impl Config {
         for (i, w) in self.workloads.iter().enumerate() {
             let field = |f: &str| format!("workloads[{i}].{f}");
             if !valid_name(&w.name) {
-                return Err(invalid(field("name"), "must be 1-63 characters of a-z, 0-9, '-', '_' or '.'"));
+                return Err(invalid(field("name"), format!("must be {NAME_RULE}")));
             }
             if !names.insert(&w.name) {
                 return Err(invalid(field("name"), format!("{:?} is enrolled twice", w.name)));
@@ -107,9 +107,14 @@ pub fn check_spiffe_id(id: &str, trust_domain: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// A node or workload name: 1-63 characters of a-z, 0-9, '-', '_', '.'.
+/// What [`valid_name`] accepts, for error messages.
+pub const NAME_RULE: &str = "1-63 characters of a-z, 0-9, '-', '_' or '.', not starting with '.'";
+
+/// A node or workload name (it also names files and folders, so never `.` or `..`).
 pub fn valid_name(s: &str) -> bool {
-    (1..=63).contains(&s.len()) && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
+    (1..=63).contains(&s.len())
+        && !s.starts_with('.')
+        && s.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
 }
 
 fn valid_trust_domain(s: &str) -> bool {
